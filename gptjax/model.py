@@ -1,0 +1,173 @@
+"""The whole GPT-2, top-down: embeddings, pre-LayerNorm blocks, tied unembedding, KV cache.
+
+Dimension key, reused in einsum strings, logical sharding names and array suffixes:
+  B batch   T time (queries)   S time (keys/values)   D model width (n_embd)
+  H heads   K head size        F MLP width (4·D)      V vocabulary (n_vocab)
+
+Every parameter carries its logical axis names (`axes=`); sharding.py maps them to the
+device mesh in one table, so nothing here knows about devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gptjax.config import ModelConfig
+
+KVCache = list[dict[str, jax.Array]]  # per layer: {"k": k_bshk, "v": v_bshk}
+
+
+def normal(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float) -> nnx.Param:
+    """A float32 weight drawn from N(0, std²), tagged with its logical axis names."""
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), axes=axes)
+
+
+def constant(shape: tuple[int, ...], axes: tuple[str | None, ...], value: float, enabled: bool = True):
+    """A float32 bias or gain filled with `value`; None when the config turns biases off."""
+    return nnx.Param(jnp.full(shape, value, jnp.float32), axes=axes) if enabled else None
+
+
+def add_bias(y, b: nnx.Param | None):
+    return y if b is None else y + b.value.astype(y.dtype)
+
+
+class GPT(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        assert cfg.n_vocab is not None, "resolve model.n_vocab from the data before building"
+        self.cfg = cfg
+        self.dtype = compute_dtype(cfg.compute_dtype)
+        self.wte_vd = normal(rngs, (cfg.n_vocab, cfg.n_embd), ("vocab", "embed"), 0.02)
+        self.wpe_td = normal(rngs, (cfg.n_ctx, cfg.n_embd), (None, "embed"), 0.02)
+        self.drop = nnx.Dropout(cfg.dropout)
+        self.blocks = nnx.List([Block(cfg, self.dtype, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg)
+
+    def __call__(self, idx_bt: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Logits for every position; dropout is on when `rngs` is given."""
+        x_btd, _ = self.hidden(idx_bt, rngs=rngs)
+        return self.unembed(x_btd)
+
+    def decode(self, idx_bt: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Logits for tokens placed at positions pos..pos+T-1, attending to the cache."""
+        x_btd, cache = self.hidden(idx_bt, cache=cache, pos=pos)
+        return self.unembed(x_btd), cache
+
+    def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0):
+        T = idx_bt.shape[1]
+        positions = jax.lax.dynamic_slice_in_dim(self.wpe_td.value, pos, T)
+        x_btd = (self.wte_vd.value[idx_bt] + positions).astype(self.dtype)
+        x_btd = self.drop(x_btd, rngs=rngs, deterministic=rngs is None)
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos)
+            new_cache.append(layer_cache)
+        return self.ln_f(x_btd), (None if cache is None else new_cache)
+
+    def unembed(self, x_btd: jax.Array) -> jax.Array:
+        # Tied weights: W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
+        return jnp.einsum("btd,vd->btv", x_btd, self.wte_vd.value.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(cfg)
+        self.attn = Attention(cfg, dtype, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg)
+        self.mlp = MLP(cfg, dtype, rngs=rngs)
+        self.drop = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0):
+        deterministic = rngs is None
+        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos)
+        x_btd = x_btd + self.drop(attn_btd, rngs=rngs, deterministic=deterministic)
+        x_btd = x_btd + self.drop(self.mlp(self.ln_2(x_btd)), rngs=rngs, deterministic=deterministic)
+        return x_btd, cache
+
+
+class Attention(nnx.Module):
+    """Causal multi-head self-attention: softmax(QKᵀ/√K)V per head, heads projected by W_O."""
+
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
+        residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5  # GPT-2: keep the residual stream's variance flat in depth
+        self.dtype = dtype
+        self.wq_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
+        self.wk_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
+        self.wv_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
+        self.wo_hkd = normal(rngs, (H, K, D), ("heads", "head_dim", "embed"), residual_std)
+        self.bq_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
+        self.bk_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
+        self.bv_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
+        self.bo_d = constant((D,), ("embed",), 0.0, cfg.bias)
+
+    def __call__(self, x_btd, *, cache=None, pos=0):
+        q_bthk = self._project(x_btd, self.wq_dhk, self.bq_hk)
+        k_bshk = self._project(x_btd, self.wk_dhk, self.bk_hk)
+        v_bshk = self._project(x_btd, self.wv_dhk, self.bv_hk)
+        if cache is None:
+            mask = None
+            causal = True
+        else:
+            # Write this chunk's keys/values at pos, then attend over the whole fixed-size
+            # cache; the mask hides slots past each query's own position.
+            k_bshk = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_bshk.astype(cache["k"].dtype), pos, axis=1)
+            v_bshk = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_bshk.astype(cache["v"].dtype), pos, axis=1)
+            cache = {"k": k_bshk, "v": v_bshk}
+            T, S = q_bthk.shape[1], k_bshk.shape[1]
+            mask = (jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None])[None, None]
+            causal = False
+        out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
+                                                mask=mask, is_causal=causal)
+        out_btd = jnp.einsum("bthk,hkd->btd", out_bthk, self.wo_hkd.value.astype(self.dtype))
+        return add_bias(out_btd, self.bo_d), cache
+
+    def _project(self, x_btd, w_dhk, b_hk):
+        return add_bias(jnp.einsum("btd,dhk->bthk", x_btd, w_dhk.value.astype(self.dtype)), b_hk)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        D, F = cfg.n_embd, cfg.mlp_dim
+        self.dtype = dtype
+        self.w_up_df = normal(rngs, (D, F), ("embed", "mlp"), 0.02)
+        self.w_down_fd = normal(rngs, (F, D), ("mlp", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5)
+        self.b_up_f = constant((F,), ("mlp",), 0.0, cfg.bias)
+        self.b_down_d = constant((D,), ("embed",), 0.0, cfg.bias)
+
+    def __call__(self, x_btd):
+        h_btf = add_bias(jnp.einsum("btd,df->btf", x_btd, self.w_up_df.value.astype(self.dtype)), self.b_up_f)
+        h_btf = jax.nn.gelu(h_btf, approximate=True)  # GPT-2's tanh GELU
+        return add_bias(jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd.value.astype(self.dtype)), self.b_down_d)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, cfg: ModelConfig):
+        self.scale_d = constant((cfg.n_embd,), ("embed",), 1.0)
+        self.bias_d = constant((cfg.n_embd,), ("embed",), 0.0, cfg.bias)
+
+    def __call__(self, x_btd):
+        # Statistics in float32 whatever the compute dtype: bf16 variance is too coarse.
+        x = x_btd.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d.value
+        return add_bias(y, self.bias_d).astype(x_btd.dtype)
+
+
+def compute_dtype(name: str):
+    """bfloat16 on accelerators and float32 on CPU for "auto"; parameters stay float32 regardless."""
+    if name == "auto":
+        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return jnp.dtype(name)
+
+
+def init_cache(cfg: ModelConfig, batch: int, dtype=jnp.float32) -> KVCache:
+    shape = (batch, cfg.n_ctx, cfg.n_head, cfg.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,87 @@
+"""Where training reports go: metrics.jsonl, a progress bar and wandb, on process 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, cfg, start_step: int, total_steps: int):
+        self.active = jax.process_index() == 0
+        self.path = Path(run_dir) / METRICS_FILE
+        self.bar = self.wandb = None
+        if not self.active:
+            return
+        # Steps after the restored checkpoint will be trained again: drop their old lines
+        # so metrics.jsonl never holds a step twice.
+        kept = [m for m in read_metrics(run_dir) if m["step"] <= start_step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a", buffering=1)
+        if cfg.run.progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+        if cfg.run.wandb != "off":
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb, config=cfg.to_dict(),
+                                    dir=str(run_dir), name=Path(run_dir).name, id=_wandb_id(run_dir), resume="allow")
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        if self.bar is not None and "train_loss" in row:
+            shown = {"loss": f"{row['train_loss']:.4f}"}
+            if "tokens_per_sec" in row:
+                shown["tok/s"] = f"{row['tokens_per_sec']:,.0f}"
+            self.bar.set_postfix(shown, refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.active:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _plain(v):
+    v = float(v) if hasattr(v, "item") or isinstance(v, float) else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _wandb_id(run_dir: Path) -> str:
+    # One wandb run per run directory, so a resumed run continues the same curves.
+    path = Path(run_dir) / "wandb_id"
+    if not path.is_file():
+        path.write_text(secrets.token_hex(8))
+    return path.read_text().strip()

@@ -1,0 +1,37 @@
+"""Shared fixtures: a session-wide data cache, tiny configs in temporary run directories."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptjax import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    # Tokenized data is shared across the session (and with subprocesses) but never
+    # touches the user's ~/.cache; wandb stays offline and local.
+    cache = tmp_path_factory.mktemp("gptjax-cache")
+    os.environ["GPTJAX_CACHE"] = str(cache)
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    return cache
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """The tiny preset, writing to a fresh run directory."""
+    def make(*overrides: str) -> config.Config:
+        return config.load("tiny", [f"run.out_dir={tmp_path / 'run'}", *overrides])
+    return make
+
+
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run train.py / sample.py as a user would, in a clean process."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,58 @@
+"""The two entry points as a user runs them: train, sample, resume, and one-line errors."""
+
+import pytest
+
+from tests.conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = run_script("train.py", "tiny", f"run.out_dir={run}", "train.steps=30", "train.eval_every=15")
+    assert result.returncode == 0, result.stderr
+    assert f"done: step 30" in result.stdout
+    return run
+
+
+def test_sample_prints_text_and_same_seed_repeats(trained):
+    args = ["sample.py", trained, "--max-new-tokens", "40", "--seed", "3", "--num-samples", "2"]
+    a, b = run_script(*args), run_script(*args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and len(a.stdout) > 60
+    assert run_script("sample.py", trained, "--max-new-tokens", "40", "--seed", "4").stdout != a.stdout
+
+
+def test_greedy_is_deterministic_and_keeps_the_prompt(trained):
+    args = ["sample.py", trained, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20"]
+    a, b = run_script(*args, "--seed", "1"), run_script(*args, "--seed", "2")
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("ROMEO:")
+
+
+def test_rerun_resumes_from_saved_step(trained):
+    result = run_script("train.py", "tiny", f"run.out_dir={trained}", "train.steps=45", "train.eval_every=15")
+    assert result.returncode == 0, result.stderr
+    assert "done: step 45" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample.py", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["sample.py", "{run}", "--top-k", "0"], "--top-k must be between 1"),
+    (["sample.py", "{run}", "--prompt", "ROMEO: ✓"], "outside the char vocabulary"),
+    (["sample.py", "{run}/nope"], "is not a run directory"),
+    (["train.py", "tiny", "run.out_dir={run}", "model.n_layer=5"], "holds a run with model.n_layer=2"),
+    (["train.py", "tiny", "run.out_dir={run}", "model.n_layr=5"], "did you mean model.n_layer?"),
+    (["train.py", "nonexistent_preset"], "not found; give a path or one of the presets"),
+])
+def test_bad_input_is_one_line_and_nonzero(trained, args, message):
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    result = run_script(*[a.replace("{run}", str(trained)) for a in args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [result.stderr.strip().splitlines()[-1]]
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+
+
+def test_help_lists_keys():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0 and "model.n_head" in result.stdout and "train.grad_accum" in result.stdout

@@ -1,0 +1,80 @@
+"""The model: parameter count, initial loss, causality, KV cache exactness."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gptjax import config
+from gptjax.config import ModelConfig
+from gptjax.model import GPT, count_params, init_cache
+
+SMALL = ModelConfig(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
+
+
+def test_gpt2_parameter_count_matches_formula_and_openai():
+    cfg = config.load("gpt2").model
+    abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    assert count_params(abstract) == cfg.n_params == 124_439_808
+
+
+def test_parameter_count_without_bias_and_padded_vocab():
+    for cfg in (SMALL, ModelConfig(n_vocab=128, n_ctx=8, n_embd=24, n_head=3, n_layer=3, bias=False)):
+        assert count_params(GPT(cfg, rngs=nnx.Rngs(0))) == cfg.n_params
+
+
+def test_initial_loss_is_about_ln_vocab():
+    model = GPT(SMALL, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.PRNGKey(1), (8, SMALL.n_ctx), 0, SMALL.n_vocab)
+    loss = optax.softmax_cross_entropy_with_integer_labels(model(x), jnp.roll(x, -1, axis=1)).mean()
+    assert abs(float(loss) - math.log(SMALL.n_vocab)) < 0.05
+
+
+def test_gpt2_init_scales_residual_projections():
+    model = GPT(ModelConfig(n_vocab=64, n_ctx=8, n_embd=256, n_head=4, n_layer=8), rngs=nnx.Rngs(0))
+    assert abs(float(model.blocks[0].mlp.w_up_df.value.std()) - 0.02) < 0.001
+    assert abs(float(model.blocks[0].mlp.w_down_fd.value.std()) - 0.02 / math.sqrt(16)) < 0.0005
+    assert abs(float(model.blocks[0].attn.wo_hkd.value.std()) - 0.02 / math.sqrt(16)) < 0.0005
+
+
+def test_unembedding_is_tied_to_token_embedding():
+    model = GPT(SMALL, rngs=nnx.Rngs(0))
+    x = jnp.arange(SMALL.n_ctx)[None] % SMALL.n_vocab
+    hidden, _ = model.hidden(x)
+    np.testing.assert_allclose(model(x), hidden @ model.wte_vd.value.T, rtol=1e-5, atol=1e-5)
+
+
+def test_causality_future_tokens_never_change_past_logits():
+    model = GPT(SMALL, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.PRNGKey(2), (2, SMALL.n_ctx), 0, SMALL.n_vocab)
+    base = model(x)
+    for t in (0, 5, SMALL.n_ctx - 1):
+        changed = x.at[:, t:].set((x[:, t:] + 1) % SMALL.n_vocab)
+        out = model(changed)
+        np.testing.assert_array_equal(out[:, :t], base[:, :t])
+        assert not np.allclose(out[:, t], base[:, t])
+
+
+@pytest.mark.parametrize("prompt_len", [1, 7, SMALL.n_ctx - 1])
+def test_kv_cache_logits_equal_full_recompute_at_every_position(prompt_len):
+    model = GPT(SMALL, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.PRNGKey(3), (2, SMALL.n_ctx), 0, SMALL.n_vocab)
+    full = model(x)
+    logits, cache = model.decode(x[:, :prompt_len], init_cache(SMALL, 2), 0)
+    np.testing.assert_allclose(logits, full[:, :prompt_len], atol=1e-5)
+    for pos in range(prompt_len, SMALL.n_ctx):
+        logits, cache = model.decode(x[:, pos:pos + 1], cache, pos)
+        np.testing.assert_allclose(logits[:, 0], full[:, pos], atol=1e-5)
+
+
+def test_dropout_is_random_in_training_and_off_in_eval():
+    model = GPT(ModelConfig(n_vocab=50, n_ctx=8, n_embd=16, n_head=2, n_layer=1, dropout=0.5), rngs=nnx.Rngs(0))
+    x = jnp.zeros((1, 8), jnp.int32)
+    a = model(x, rngs=nnx.Rngs(dropout=1))
+    b = model(x, rngs=nnx.Rngs(dropout=2))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(model(x), model(x))

@@ -1,0 +1,109 @@
+"""The sampler: greedy is argmax, filters hold, seeds reproduce, the cache changes nothing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gptjax import sampling
+from gptjax.config import ModelConfig
+from gptjax.model import GPT
+
+CFG = ModelConfig(n_vocab=40, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GPT(CFG, rngs=nnx.Rngs(0))
+
+
+def gen(model, prompt, **kw):
+    graphdef, params = nnx.split(model, nnx.Param)
+    return sampling.generate(graphdef, params, CFG, prompt, **kw)
+
+
+def greedy_by_hand(model, prompt, n):
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(model(jnp.asarray([seq[-CFG.n_ctx:]]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("prompt_len, n_new", [(1, 10), (5, 30), (CFG.n_ctx + 4, 6)])  # inside, across, past the window
+def test_greedy_is_argmax_of_the_last_window(model, prompt_len, n_new):
+    prompt = list(range(1, prompt_len + 1))
+    prompt = [p % CFG.n_vocab for p in prompt]
+    expected = greedy_by_hand(model, prompt, n_new)
+    assert gen(model, prompt, max_new_tokens=n_new, temperature=0.0) == [expected]
+    assert gen(model, prompt, max_new_tokens=n_new, temperature=0.0, use_cache=False) == [expected]
+
+
+def test_cache_and_recompute_draw_the_same_tokens(model):
+    kw = dict(max_new_tokens=40, num_samples=3, temperature=1.0, seed=7)
+    assert gen(model, [3, 4, 5], **kw) == gen(model, [3, 4, 5], use_cache=False, **kw)
+
+
+def test_same_seed_same_tokens_and_seeds_differ(model):
+    kw = dict(max_new_tokens=20, num_samples=2, temperature=1.5)
+    a = gen(model, [1, 2], seed=1, **kw)
+    assert a == gen(model, [1, 2], seed=1, **kw)
+    assert a != gen(model, [1, 2], seed=2, **kw)
+    assert a[0] != a[1]  # samples in a batch are independent draws
+
+
+def test_top_k_never_draws_outside_the_k():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (1, 50)) * 3
+    top3 = set(np.argsort(-np.asarray(logits[0]))[:3].tolist())
+    keys = jax.random.split(jax.random.PRNGKey(1), 2000)
+    draws = jax.vmap(lambda k: sampling.sample_token(logits, k, temperature=2.0, top_k=3, top_p=1.0, vocab_size=50))(keys)
+    assert set(np.asarray(draws).ravel().tolist()) == top3
+
+
+def test_top_p_keeps_the_smallest_set_with_that_mass():
+    logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
+    keys = jax.random.split(jax.random.PRNGKey(2), 2000)
+    draw = jax.vmap(lambda k, p: sampling.sample_token(logits, k, temperature=1.0, top_k=4, top_p=p, vocab_size=4),
+                    in_axes=(0, None))
+    assert set(np.asarray(draw(keys, 0.7)).ravel().tolist()) == {1, 3}
+    assert set(np.asarray(draw(keys, 0.5)).ravel().tolist()) == {1}
+    assert set(np.asarray(draw(keys, 1.0)).ravel().tolist()) == {0, 1, 2, 3}
+    counts = np.bincount(np.asarray(draw(keys, 1.0)).ravel(), minlength=4) / 2000
+    np.testing.assert_allclose(counts, [0.05, 0.5, 0.15, 0.3], atol=0.04)
+
+
+def test_padded_vocab_ids_are_never_drawn():
+    logits = jnp.zeros((1, 8)).at[0, 6].set(50.0)  # the padded id 6 is by far the most likely
+    assert int(sampling.sample_token(logits, jax.random.PRNGKey(0), temperature=0.0, top_k=8, top_p=1.0,
+                                     vocab_size=5)[0]) < 5
+    assert int(sampling.sample_token(logits, jax.random.PRNGKey(0), temperature=1.0, top_k=8, top_p=1.0,
+                                     vocab_size=5)[0]) < 5
+
+
+def test_stop_token_ends_a_sample(model):
+    first = greedy_by_hand(model, [1, 2, 3], 1)[0]
+    assert gen(model, [1, 2, 3], max_new_tokens=10, temperature=0.0, stop_id=first) == [[]]
+
+
+def test_one_compilation_for_every_prompt_length_and_setting(model):
+    gen(model, [1], max_new_tokens=12, temperature=0.0)
+    before = sampling._generate._cache_size()
+    for prompt, temperature, top_k, top_p in [([1, 2, 3], 0.5, 5, 0.9), ([4] * 9, 1.0, None, 1.0),
+                                               (list(range(30)), 0.8, 2, 0.5)]:
+        gen(model, prompt, max_new_tokens=12, temperature=temperature, top_k=top_k, top_p=top_p)
+    assert sampling._generate._cache_size() == before
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(temperature=-0.1), "--temperature must be >= 0"),
+    (dict(top_k=0), "--top-k must be between 1 and the vocabulary size 40"),
+    (dict(top_k=41), "--top-k must be between 1"),
+    (dict(top_p=0.0), "--top-p must be in"),
+    (dict(top_p=1.5), "--top-p must be in"),
+    (dict(max_new_tokens=-1), "--max-new-tokens must be >= 0"),
+    (dict(num_samples=0), "--num-samples must be >= 1"),
+])
+def test_bad_options(kw, message):
+    options = dict(temperature=1.0, top_k=None, top_p=1.0, max_new_tokens=10, num_samples=1, vocab_size=40) | kw
+    with pytest.raises(sampling.SamplerError, match=message):
+        sampling.check_options(**options)
