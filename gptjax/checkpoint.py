@@ -40,10 +40,12 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, params, opt_state, meta: dict, val_loss: float | None) -> None:
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                  opt_state=ocp.args.StandardSave(opt_state),
-                                  meta=ocp.args.JsonSave(meta))
-        self.manager.save(step, args=args, metrics=None if val_loss is None else {"val_loss": val_loss})
+        """opt_state None writes weights only (a converted checkpoint); its meta must say "opt_state": false."""
+        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self.manager.save(step, args=ocp.args.Composite(**items),
+                          metrics=None if val_loss is None else {"val_loss": val_loss})
 
     def restore(self, step: int, abstract_params, abstract_opt_state=None):
         """(params, opt_state or None, meta) at `step`, placed as the abstract targets say."""

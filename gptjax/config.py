@@ -117,6 +117,7 @@ class TrainConfig:
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
     eval_batches: int = _field(20, "fixed batches per split for each evaluation")
     log_every: int = _field(10, "write a metrics.jsonl line every this many steps")
+    init_from: str = _field("", "fine-tune: start from a run dir, HF GPT-2 folder or gpt2[-medium|-large|-xl]")
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):

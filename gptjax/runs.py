@@ -32,13 +32,7 @@ class Run:
 def load(run_dir: str | Path, step: int | str | None = None) -> Run:
     """The run's parameters at `step` (default: latest; "best": lowest val loss), on the default device."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
-                              f"give the out_dir of a train.py run")
-    try:
-        cfg = config_lib.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE} is damaged: {str(e).splitlines()[0]}") from None
+    cfg = read_config(run_dir)
     tokenizer = tokenizers.load(run_dir / TOKENIZER_FILE)
     ckpts = Checkpoints(run_dir, read_only=True)
     try:
@@ -50,6 +44,16 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Run:
     finally:
         ckpts.close()
     return Run(cfg, tokenizer, graphdef, params, step, meta)
+
+
+def read_config(run_dir: Path) -> config_lib.Config:
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
+                              f"give the out_dir of a train.py run")
+    try:
+        return config_lib.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} is damaged: {str(e).splitlines()[0]}") from None
 
 
 def _pick_step(ckpts: Checkpoints, step, run_dir: Path) -> int:

@@ -1,7 +1,7 @@
-"""Tokenizers: char-level (vocabulary from the corpus) and GPT-2 BPE through tiktoken.
+"""Tokenizers: char-level (vocabulary from the corpus), GPT-2 BPE through tiktoken, and raw ids.
 
-Both are plain data (a char list, or the shipped GPT-2 ranks file) so a run directory's
-`tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
+All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size) so a run
+directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
 """
 
 from __future__ import annotations
@@ -75,6 +75,35 @@ class GPT2Tokenizer:
         return {"kind": "gpt2"}
 
 
+class IdsTokenizer:
+    """Token ids written as text ("464 3290 11"), for a model whose text tokenizer gptjax does not
+    know, e.g. a converted Hugging Face GPT-2 with its own vocabulary size."""
+
+    kind = "ids"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.eot_id = None  # unknown: samples run to their full length
+        self.bos_ids = [0]
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            ids = [int(word) for word in text.split()]
+        except ValueError:
+            raise TokenizerError(f"this run's tokenizer takes token ids, e.g. --prompt '464 3290 11', "
+                                 f"not text: {text[:40]!r}") from None
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise TokenizerError(f"token ids must be in [0, {self.vocab_size}), got {text[:40]!r}")
+        return ids
+
+    def decode(self, ids) -> str:
+        # Each id with a leading space, so a prompt and its continuation print as one sequence.
+        return "".join(f" {i}" for i in ids if 0 <= i < self.vocab_size)
+
+    def to_json(self) -> dict:
+        return {"kind": "ids", "vocab_size": self.vocab_size}
+
+
 @cache
 def gpt2_encoding() -> tiktoken.Encoding:
     """tiktoken's `gpt2`/`r50k_base` encoding, built from the ranks shipped in assets/."""
@@ -96,6 +125,8 @@ def from_json(spec: dict):
         return GPT2Tokenizer()
     if spec.get("kind") == "char" and isinstance(spec.get("chars"), list):
         return CharTokenizer(spec["chars"])
+    if spec.get("kind") == "ids" and isinstance(spec.get("vocab_size"), int):
+        return IdsTokenizer(spec["vocab_size"])
     raise TokenizerError(f"unrecognised tokenizer description: {json.dumps(spec)[:80]}")
 
 

@@ -64,18 +64,26 @@ def build(cfg: Config, mesh) -> Pieces:
                   jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings), jit_eval_step(graphdef))
 
 
-def init_state(cfg: Config, pieces: Pieces) -> TrainState:
-    """Fresh parameters and optimizer state, created directly in their sharded places."""
-    def init():
-        params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed)), nnx.Param)
-        rng = jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1))
-        return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), rng)
-    return jax.jit(init, out_shardings=pieces.state_shardings)()
+def initial_rng(seed: int) -> jax.Array:
+    return jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+
+
+def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> TrainState:
+    """A fresh optimizer around fresh parameters (or given ones: a fine-tune), created in their sharded places."""
+    def init(params):
+        if params is None:
+            params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed)), nnx.Param)
+        return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), initial_rng(cfg.train.seed))
+    return jax.jit(init, out_shardings=pieces.state_shardings)(params)
 
 
 def restore_state(ckpts: Checkpoints, step: int, pieces: Pieces) -> TrainState:
     abstract = pieces.abstract_state
-    params, opt_state, meta = ckpts.restore(step, abstract.params, abstract.opt_state)
+    # A converted checkpoint (gptjax.convert) holds weights only: training starts a fresh optimizer on them.
+    weights_only = ckpts.meta(step).get("opt_state") is False
+    params, opt_state, meta = ckpts.restore(step, abstract.params, None if weights_only else abstract.opt_state)
+    if weights_only:
+        opt_state = jax.jit(pieces.tx.init, out_shardings=pieces.state_shardings.opt_state)(params)
     rng = jax.device_put(np.asarray(meta["rng"], np.uint32), pieces.state_shardings.rng)
     return TrainState(jax.device_put(jnp.int32(meta["step"]), pieces.state_shardings.step), params, opt_state, rng)
 
@@ -148,12 +156,23 @@ def setup(cfg: Config):
 
 def train(cfg: Config) -> dict:
     """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
+    source = None
+    if cfg.train.init_from:
+        from gptjax import convert  # here, not at the top: convert reads runs through runs.py, which imports us
+
+        source = convert.open_source(cfg.train.init_from)
+        cfg = source.apply(cfg)  # the model's shape is the source's
     cfg, ds, mesh = setup(cfg)
+    if source:
+        source.check_tokenizer(ds.tokenizer)
     run_dir = check_run_dir(cfg)
     pieces = build(cfg, mesh)
     ckpts = Checkpoints(run_dir, cfg.run.keep_checkpoints) if run_dir.exists() else None
     start = ckpts.latest_step() if ckpts else None
-    state = restore_state(ckpts, start, pieces) if start is not None else init_state(cfg, pieces)
+    if start is not None:  # a started run resumes, whatever train.init_from says
+        state = restore_state(ckpts, start, pieces)
+    else:
+        state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
     write_run_files(run_dir, cfg, ds.tokenizer)
     ckpts = ckpts or Checkpoints(run_dir, cfg.run.keep_checkpoints)
     start = start or 0
