@@ -86,11 +86,13 @@ class Source:
     def apply(self, cfg: Config) -> Config:
         """cfg with the source's model shape; dropout and compute_dtype stay the config's."""
         default = ModelConfig()
-        for key in SHAPE_KEYS:
-            mine, theirs = getattr(cfg.model, key), getattr(self.model, key)
-            if mine != theirs and mine != getattr(default, key):  # set on purpose to something else
-                raise ConfigError(f"train.init_from={self.spec} has model.{key}={theirs}, but the config sets {mine}; "
-                                  f"remove model.{key}: a fine-tune keeps its source's shape")
+        # A value that is neither the default nor the source's was set on purpose: say so rather than ignore it.
+        clash = [key for key in SHAPE_KEYS if getattr(self.model, key) != getattr(cfg.model, key) != getattr(default, key)]
+        if clash:
+            def show(model):
+                return ", ".join(f"model.{key}={getattr(model, key)}" for key in clash)
+            raise ConfigError(f"train.init_from={self.spec} has {show(self.model)}, but the config sets "
+                              f"{show(cfg.model)}; remove those keys: a fine-tune keeps its source's shape")
         if cfg.data.tokenizer == "gpt2" and self.model.n_vocab < hf.GPT2_VOCAB:
             raise ConfigError(f"train.init_from={self.spec} has a vocabulary of {self.model.n_vocab}, too small "
                               f"for data.tokenizer=gpt2 ({hf.GPT2_VOCAB}); use a model with GPT-2's vocabulary")
