@@ -87,7 +87,8 @@ class Source:
         """cfg with the source's model shape; dropout and compute_dtype stay the config's."""
         default = ModelConfig()
         # A value that is neither the default nor the source's was set on purpose: say so rather than ignore it.
-        clash = [key for key in SHAPE_KEYS if getattr(self.model, key) != getattr(cfg.model, key) != getattr(default, key)]
+        clash = [key for key in SHAPE_KEYS
+                 if getattr(self.model, key) != getattr(cfg.model, key) != getattr(default, key)]
         if clash:
             def show(model):
                 return ", ".join(f"model.{key}={getattr(model, key)}" for key in clash)
@@ -103,7 +104,8 @@ class Source:
         # known tokenizer, so any data whose ids fit its vocabulary is accepted.
         mine = self.tokenizer.to_json()
         if self.tokenizer.kind != "ids" and mine != data_tokenizer.to_json():
-            what = "a different character set" if mine["kind"] == data_tokenizer.kind else f"the {mine['kind']} tokenizer"
+            same_kind = mine["kind"] == data_tokenizer.kind
+            what = "a different character set" if same_kind else f"the {mine['kind']} tokenizer"
             raise ConfigError(f"train.init_from={self.spec} was trained with {what}, but the data uses "
                               f"{data_tokenizer.kind}; set data.tokenizer={mine['kind']} (and the same data source)")
 

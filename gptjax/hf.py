@@ -47,7 +47,8 @@ def model_config(hf: dict, where: Path | str) -> ModelConfig:
                                f"this checkpoint cannot be reproduced exactly")
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
-        raise ConvertError(f"{where}: config.json has n_inner={hf['n_inner']}, but gptjax's MLP is 4*n_embd={4 * n_embd}")
+        raise ConvertError(f"{where}: config.json has n_inner={hf['n_inner']}, "
+                           f"but gptjax's MLP is 4*n_embd={4 * n_embd}")
     return ModelConfig(n_vocab=hf.get("vocab_size", GPT2_VOCAB), n_ctx=hf.get("n_positions", 1024), n_embd=n_embd,
                        n_head=hf.get("n_head", 12), n_layer=hf.get("n_layer", 12), dropout=0.0, bias=True)
 
@@ -66,9 +67,8 @@ def hf_config(cfg: ModelConfig, eos_id: int | None) -> dict:
 def to_params(tensors: dict[str, np.ndarray], cfg: ModelConfig, where: Path | str) -> dict:
     """gptjax's parameters (a pure dict, as nnx.to_pure_dict gives) from a GPT-2 state dict."""
     left = {k.removeprefix("transformer."): v for k, v in tensors.items() if not k.endswith(BUFFER_SUFFIXES)}
-    D, H, K, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_vocab
 
-    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    def take(name: str, *shape: int) -> np.ndarray:
         if name not in left:
             raise ConvertError(f"{where} has no tensor {name!r}; is it a GPT-2 checkpoint matching its config.json?")
         array = left.pop(name)
@@ -76,28 +76,30 @@ def to_params(tensors: dict[str, np.ndarray], cfg: ModelConfig, where: Path | st
             raise ConvertError(f"{where}: {name} has shape {array.shape}, but config.json implies {shape}")
         return np.asarray(array, np.float32)  # float32 stays the same array: bit-exact
 
-    def layer_norm(name):
-        return {"scale_d": take(f"{name}.weight", (D,)), "bias_d": take(f"{name}.bias", (D,))}
-
-    def block(p: str) -> dict:
-        wq, wk, wv = np.split(take(f"{p}attn.c_attn.weight", (D, 3 * D)), 3, axis=1)
-        bq, bk, bv = np.split(take(f"{p}attn.c_attn.bias", (3 * D,)), 3)
-        attn = {"wq_dhk": wq.reshape(D, H, K), "wk_dhk": wk.reshape(D, H, K), "wv_dhk": wv.reshape(D, H, K),
-                "bq_hk": bq.reshape(H, K), "bk_hk": bk.reshape(H, K), "bv_hk": bv.reshape(H, K),
-                "wo_hkd": take(f"{p}attn.c_proj.weight", (D, D)).reshape(H, K, D),
-                "bo_d": take(f"{p}attn.c_proj.bias", (D,))}
-        mlp = {"w_up_df": take(f"{p}mlp.c_fc.weight", (D, 4 * D)), "b_up_f": take(f"{p}mlp.c_fc.bias", (4 * D,)),
-               "w_down_fd": take(f"{p}mlp.c_proj.weight", (4 * D, D)), "b_down_d": take(f"{p}mlp.c_proj.bias", (D,))}
-        return {"ln_1": layer_norm(f"{p}ln_1"), "attn": attn, "ln_2": layer_norm(f"{p}ln_2"), "mlp": mlp}
-
-    params = {"wte_vd": take("wte.weight", (V, D)), "wpe_td": take("wpe.weight", (cfg.n_ctx, D)),
-              "blocks": {i: block(f"h.{i}.") for i in range(cfg.n_layer)}, "ln_f": layer_norm("ln_f")}
+    D = cfg.n_embd
+    params = {"wte_vd": take("wte.weight", cfg.n_vocab, D), "wpe_td": take("wpe.weight", cfg.n_ctx, D),
+              "blocks": {i: _block(take, f"h.{i}.", cfg) for i in range(cfg.n_layer)},
+              "ln_f": {"scale_d": take("ln_f.weight", D), "bias_d": take("ln_f.bias", D)}}
     lm_head = left.pop("lm_head.weight", None)
     if lm_head is not None and not np.array_equal(lm_head, params["wte_vd"]):
         raise ConvertError(f"{where}: lm_head.weight differs from wte.weight; gptjax's GPT-2 ties them")
     if left:
         raise ConvertError(f"{where} has tensors its config.json does not explain: {', '.join(sorted(left)[:4])}")
     return params
+
+
+def _block(take, p: str, cfg: ModelConfig) -> dict:
+    """One transformer block's parameters; `take(name, *shape)` pops a checked tensor."""
+    D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
+    wq, wk, wv = np.split(take(f"{p}attn.c_attn.weight", D, 3 * D), 3, axis=1)
+    bq, bk, bv = np.split(take(f"{p}attn.c_attn.bias", 3 * D), 3)
+    attn = {"wq_dhk": wq.reshape(D, H, K), "wk_dhk": wk.reshape(D, H, K), "wv_dhk": wv.reshape(D, H, K),
+            "bq_hk": bq.reshape(H, K), "bk_hk": bk.reshape(H, K), "bv_hk": bv.reshape(H, K),
+            "wo_hkd": take(f"{p}attn.c_proj.weight", D, D).reshape(H, K, D), "bo_d": take(f"{p}attn.c_proj.bias", D)}
+    mlp = {"w_up_df": take(f"{p}mlp.c_fc.weight", D, 4 * D), "b_up_f": take(f"{p}mlp.c_fc.bias", 4 * D),
+           "w_down_fd": take(f"{p}mlp.c_proj.weight", 4 * D, D), "b_down_d": take(f"{p}mlp.c_proj.bias", D)}
+    return {"ln_1": {"scale_d": take(f"{p}ln_1.weight", D), "bias_d": take(f"{p}ln_1.bias", D)}, "attn": attn,
+            "ln_2": {"scale_d": take(f"{p}ln_2.weight", D), "bias_d": take(f"{p}ln_2.bias", D)}, "mlp": mlp}
 
 
 def to_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -34,14 +34,14 @@ NEEDS_HF = "needs the [hf] extra (transformers + torch): pip install torch==2.13
 def write_hf_folder(folder, *, n_layer, n_head, n_embd, vocab_size, n_positions, seed=0, **extra):
     """A GPT-2 folder in transformers' layout with random values in every tensor, written with numpy."""
     D, rng = n_embd, np.random.default_rng(seed)
-    shapes = {"wte.weight": (vocab_size, D), "wpe.weight": (n_positions, D), "ln_f.weight": (D,), "ln_f.bias": (D,)}
-    for i in range(n_layer):
-        shapes |= {f"h.{i}.{name}": shape for name, shape in [
-            ("ln_1.weight", (D,)), ("ln_1.bias", (D,)), ("attn.c_attn.weight", (D, 3 * D)), ("attn.c_attn.bias", (3 * D,)),
-            ("attn.c_proj.weight", (D, D)), ("attn.c_proj.bias", (D,)), ("ln_2.weight", (D,)), ("ln_2.bias", (D,)),
-            ("mlp.c_fc.weight", (D, 4 * D)), ("mlp.c_fc.bias", (4 * D,)), ("mlp.c_proj.weight", (4 * D, D)),
-            ("mlp.c_proj.bias", (D,))]}
-    tensors = {f"transformer.{k}": (float(k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or k == "ln_f.weight")
+    layer = {"ln_1.weight": (D,), "ln_1.bias": (D,), "attn.c_attn.weight": (D, 3 * D), "attn.c_attn.bias": (3 * D,),
+             "attn.c_proj.weight": (D, D), "attn.c_proj.bias": (D,), "ln_2.weight": (D,), "ln_2.bias": (D,),
+             "mlp.c_fc.weight": (D, 4 * D), "mlp.c_fc.bias": (4 * D,), "mlp.c_proj.weight": (4 * D, D),
+             "mlp.c_proj.bias": (D,)}
+    shapes = {"wte.weight": (vocab_size, D), "wpe.weight": (n_positions, D), "ln_f.weight": (D,), "ln_f.bias": (D,),
+              **{f"h.{i}.{name}": shape for i in range(n_layer) for name, shape in layer.items()}}
+    # LayerNorm gains around 1, everything else around 0, all of it random.
+    tensors = {f"transformer.{k}": (float(k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")))
                                     + 0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
     folder.mkdir(parents=True)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
@@ -167,13 +167,6 @@ def test_greedy_generation_equals_transformers_generate(hf_model, hf_run, torch)
 # ---------------------------------------------------------------------------
 # The format itself (numpy only)
 
-def test_round_trip_of_a_numpy_written_folder_is_bit_identical(synthetic, synthetic_run, tmp_path):
-    out = convert.to_hf(synthetic_run, tmp_path / "out")
-    assert same_bits(load_file(synthetic / "model.safetensors"), load_file(out / "model.safetensors"))
-    exported = json.loads((out / "config.json").read_text())
-    assert {k: exported[k] for k in SHAPE} == SHAPE and exported["eos_token_id"] is None
-
-
 def test_bias_free_run_exports_zero_biases_computing_the_same_logits():
     cfg = ModelConfig(n_vocab=50, n_ctx=8, n_embd=16, n_head=2, n_layer=2, bias=False, compute_dtype="float32")
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
@@ -201,7 +194,7 @@ def test_gpt2_vocabulary_gets_gpt2_bpe_and_others_token_ids(synthetic_run, tmp_p
 
 
 BAD = [  # (config.json changes, tensor change, file removed, the error says)
-    ({"layer_norm_epsilon": 1e-6}, None, None, "layer_norm_epsilon=1e-06, but gptjax's GPT-2 uses LayerNorm epsilon 1e-5"),
+    ({"layer_norm_epsilon": 1e-6}, None, None, "layer_norm_epsilon=1e-06, but gptjax's GPT-2 uses LayerNorm eps"),
     ({"activation_function": "relu"}, None, None, "activation_function='relu'"),
     ({"model_type": "llama"}, None, None, "holds a 'llama' model, not GPT-2"),
     ({"n_inner": 100}, None, None, "n_inner=100, but gptjax's MLP is 4*n_embd=256"),
@@ -216,7 +209,8 @@ BAD = [  # (config.json changes, tensor change, file removed, the error says)
 
 
 @pytest.mark.parametrize("changes, change_tensors, remove, message", BAD, ids=[b[-1][:30] for b in BAD])
-def test_checkpoints_gptjax_cannot_reproduce_are_refused_in_one_line(tmp_path, changes, change_tensors, remove, message):
+def test_checkpoints_gptjax_cannot_reproduce_are_refused_in_one_line(tmp_path, changes, change_tensors, remove,
+                                                                      message):
     folder = write_hf_folder(tmp_path / "bad", **SHAPE)
     (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **changes}))
     if change_tensors:
@@ -243,7 +237,8 @@ def test_unknown_source_and_used_run_directory_are_refused(synthetic, synthetic_
 
 def test_converted_run_fine_tunes_from_its_weights_and_loss_falls(synthetic_run, tmp_path):
     cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'ft'}", f"train.init_from={synthetic_run}", "model.n_ctx=128",
-                               "model.n_embd=64", "train.steps=10", "train.eval_every=10", "train.warmup_steps=0"])
+                               "model.n_embd=64", "train.steps=10", "train.eval_every=10", "train.warmup_steps=0",
+                               "train.batch_size=4"])
     last = trainer.train(cfg)
     rows = read_metrics(tmp_path / "ft")
     # Step 0 is evaluated on the converted weights themselves, not on a fresh initialisation.
@@ -267,7 +262,8 @@ def test_init_from_refuses_a_config_that_contradicts_the_source(synthetic_run, t
 
 
 def test_init_from_a_gpt2_bpe_model_needs_gpt2_bpe_data(tmp_path):
-    src = write_hf_folder(tmp_path / "hf", n_layer=2, n_head=4, n_embd=32, vocab_size=50257, n_positions=32)  # tiny's shape
+    # The tiny preset's shape, GPT-2's vocabulary.
+    src = write_hf_folder(tmp_path / "hf", n_layer=2, n_head=4, n_embd=32, vocab_size=50257, n_positions=32)
     cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'ft'}", f"train.init_from={src}"])
     with pytest.raises(ConfigError, match="trained with the gpt2 tokenizer, but the data uses char"):
         trainer.train(cfg)
@@ -292,7 +288,7 @@ def test_resuming_a_converted_run_starts_at_step_0_with_its_weights_and_a_fresh_
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(fresh)))
 
 
-def test_cli_converts_both_ways_and_sample_py_reads_the_run(tmp_path, capsys):
+def test_cli_round_trip_is_bit_identical_and_sample_py_reads_the_run(tmp_path, capsys):
     import sample  # the entry point, run in this process to save a start-up
 
     src = write_hf_folder(tmp_path / "hf", n_layer=1, n_head=2, n_embd=8, vocab_size=50257, n_positions=16)
@@ -303,6 +299,9 @@ def test_cli_converts_both_ways_and_sample_py_reads_the_run(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("Hello")
     assert convert.main(["to-hf", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     assert same_bits(load_file(src / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors"))
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (exported["vocab_size"], exported["n_embd"], exported["n_positions"], exported["eos_token_id"]) == (
+        50257, 8, 16, 50256)
     capsys.readouterr()
     assert convert.main(["from-hf", str(tmp_path / "missing"), str(tmp_path / "run2")]) == 2
     assert capsys.readouterr().err.splitlines() == [
