@@ -29,16 +29,22 @@ class Run:
         return nnx.merge(self.graphdef, self.params)
 
 
-def load(run_dir: str | Path, step: int | str | None = None) -> Run:
-    """The run's parameters at `step` (default: latest; "best": lowest val loss), on the default device."""
+def load_config(run_dir: str | Path) -> config_lib.Config:
+    """The run's resolved config, without touching its checkpoints."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                               f"give the out_dir of a train.py run")
     try:
-        cfg = config_lib.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+        return config_lib.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
     except yaml.YAMLError as e:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} is damaged: {str(e).splitlines()[0]}") from None
+
+
+def load(run_dir: str | Path, step: int | str | None = None) -> Run:
+    """The run's parameters at `step` (default: latest; "best": lowest val loss), on the default device."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
     tokenizer = tokenizers.load(run_dir / TOKENIZER_FILE)
     ckpts = Checkpoints(run_dir, read_only=True)
     try:
