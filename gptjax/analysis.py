@@ -122,6 +122,7 @@ def attention_probs(attn, x_btd: jax.Array) -> jax.Array:
     """
     dtype = attn.dtype
     q_bthk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, attn.wq_dhk[...].astype(dtype)), attn.bq_hk)
+    # b_K shifts a whole row of scores by q·b_K, which softmax ignores; kept so the scores are the model's own.
     k_bshk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, attn.wk_dhk[...].astype(dtype)), attn.bk_hk)
     scores_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk,
                              preferred_element_type=jnp.float32) / jnp.sqrt(q_bthk.shape[-1])
@@ -132,22 +133,36 @@ def attention_probs(attn, x_btd: jax.Array) -> jax.Array:
 
 def attention_maps(model: GPT, ids: list[int]) -> np.ndarray:
     """Every layer's and head's attention weights for one prompt: attn_lhts (rows: queries, columns: keys)."""
-    xs = residual_stream(model, jnp.asarray([ids], jnp.int32))
-    maps = [attention_probs(block.attn, block.ln_1(x_btd))[0] for block, x_btd in zip(model.blocks, xs)]
-    return np.asarray(jnp.stack(maps))
+    return np.asarray(_attention_maps(model, jnp.asarray([ids], jnp.int32))[0])
 
 
 def logit_lens(model: GPT, ids: list[int]) -> np.ndarray:
     """Next-token logits read off the residual stream after the embeddings and after each block,
     through the model's own ln_f and tied unembedding: logits_ltv with n_layer + 1 rows.
     The last row is exactly the model's output."""
-    xs = residual_stream(model, jnp.asarray([ids], jnp.int32))
-    return np.asarray(jnp.stack([model.unembed(model.ln_f(x_btd))[0] for x_btd in xs]))
+    return np.asarray(_logit_lens(model, jnp.asarray([ids], jnp.int32))[0])
 
 
 def next_logits(model: GPT, ids: list[int], vocab_size: int) -> np.ndarray:
     """The model's logits for the token after `ids`, over the tokenizer's real vocabulary (padding dropped)."""
-    return np.asarray(model(jnp.asarray([ids], jnp.int32))[0, -1, :vocab_size])
+    return np.asarray(_forward(model, jnp.asarray([ids], jnp.int32))[0, -1, :vocab_size])
+
+
+# Compiled once per prompt length: op-by-op execution would compile every op separately.
+@nnx.jit
+def _attention_maps(model: GPT, idx_bt: jax.Array) -> jax.Array:
+    xs = residual_stream(model, idx_bt)
+    return jnp.stack([attention_probs(block.attn, block.ln_1(x_btd)) for block, x_btd in zip(model.blocks, xs)], 1)
+
+
+@nnx.jit
+def _logit_lens(model: GPT, idx_bt: jax.Array) -> jax.Array:
+    return jnp.stack([model.unembed(model.ln_f(x_btd)) for x_btd in residual_stream(model, idx_bt)], 1)
+
+
+@nnx.jit
+def _forward(model: GPT, idx_bt: jax.Array) -> jax.Array:
+    return model(idx_bt)
 
 
 def softmax_at(logits_v: np.ndarray, temperature: float) -> np.ndarray:
