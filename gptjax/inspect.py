@@ -87,6 +87,8 @@ def encode_prompt(run, text: str) -> list[int]:
     ids = analysis.prompt_ids(run.tokenizer, text, run.cfg.model.n_ctx)
     if not ids:
         raise InspectError("--prompt encodes to no tokens; give some text")
+    if len(ids) == run.cfg.model.n_ctx and len(run.tokenizer.encode(text)) > len(ids):
+        print(f"note: the prompt is longer than the context window; the model sees its last {len(ids)} tokens")
     return ids
 
 
@@ -155,14 +157,14 @@ def cmd_embeddings(args) -> None:
     if args.nearest is not None:
         ids = word_ids(tok, "--nearest", args.nearest)
         found = analysis.cosine_nearest(w_vd, analysis.word_vector(w_vd, ids), k, exclude=ids)
-        title = f"nearest to {render.show(args.nearest)}"
+        title = render.show(args.nearest)
         left_out = f"the token{'s' if len(ids) > 1 else ''} of {render.show(args.nearest)}"
     else:
         a, b, c = (word_ids(tok, "--analogy", w) for w in args.analogy)
         found = analysis.analogy(w_vd, a, b, c, k)
         names = [render.show(w) for w in args.analogy]
         title, left_out = f"{names[0]} - {names[1]} + {names[2]}", f"the tokens of {', '.join(names)}"
-    print(f"{title}: nearest tokens by cosine similarity in the token embedding W_E ({left_out} left out)")
+    print(f"tokens nearest to {title} by cosine similarity in the token embedding W_E ({left_out} left out):")
     print(render.table(["rank", "token", "id", "cosine"],
                        [[r + 1, render.show(tok.decode([i])), i, f"{sim:.3f}"] for r, (i, sim) in enumerate(found)],
                        right={2, 3}))
