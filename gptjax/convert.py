@@ -47,7 +47,7 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConvertError(f"{run_dir} exists and is not empty; give a new RUN_DIR so no run is overwritten")
     src = hf.locate(spec)
-    model_cfg = hf.model_config(hf.read_config(src), src)
+    model_cfg = hf.model_config(hf.load_config(src), src)
     params = hf.to_params(hf.read_tensors(src), model_cfg, src)
     tok = hf_tokenizer(model_cfg.n_vocab)
     cfg = Config(model=model_cfg, data=DataConfig(tokenizer="gpt2" if tok.kind == "gpt2" else "char"),
@@ -117,11 +117,11 @@ def open_source(spec: str) -> Source:
     """A gptjax run directory, a local Hugging Face GPT-2 folder, or a hub name (needs network)."""
     path = Path(spec).expanduser()
     if (path / trainer.CONFIG_FILE).is_file():
-        cfg = runs.read_config(path)
+        cfg = runs.load_config(path)
         return Source(spec, cfg.model, tokenizers.load(path / trainer.TOKENIZER_FILE),
                       lambda: nnx.to_pure_dict(runs.load(path).params))
     src = hf.locate(spec)
-    model_cfg = hf.model_config(hf.read_config(src), src)
+    model_cfg = hf.model_config(hf.load_config(src), src)
     return Source(spec, model_cfg, hf_tokenizer(model_cfg.n_vocab),
                   lambda: hf.to_params(hf.read_tensors(src), model_cfg, src))
 

@@ -145,7 +145,7 @@ def locate(spec: str) -> Path:
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def read_config(src: Path) -> dict:
+def load_config(src: Path) -> dict:
     try:
         hf = json.loads((src / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

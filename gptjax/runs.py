@@ -32,7 +32,7 @@ class Run:
 def load(run_dir: str | Path, step: int | str | None = None) -> Run:
     """The run's parameters at `step` (default: latest; "best": lowest val loss), on the default device."""
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
+    cfg = load_config(run_dir)
     tokenizer = tokenizers.load(run_dir / TOKENIZER_FILE)
     ckpts = Checkpoints(run_dir, read_only=True)
     try:
@@ -46,7 +46,9 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Run:
     return Run(cfg, tokenizer, graphdef, params, step, meta)
 
 
-def read_config(run_dir: Path) -> config_lib.Config:
+def load_config(run_dir: str | Path) -> config_lib.Config:
+    """The run's resolved config, without touching its checkpoints."""
+    run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                               f"give the out_dir of a train.py run")

@@ -247,7 +247,7 @@ def test_converted_run_fine_tunes_from_its_weights_and_loss_falls(synthetic_run,
     expected = trainer.evaluate(resolved, ds, mesh, jit_eval_step(source.graphdef), source.params)["val_loss"]
     assert rows[0]["step"] == 0 and rows[0]["val_loss"] == pytest.approx(expected, abs=1e-4)
     assert last["step"] == 10 and last["val_loss"] < rows[0]["val_loss"] - 1.0
-    assert runs.read_config(tmp_path / "ft").model == dataclasses.replace(source.cfg.model, dropout=cfg.model.dropout)
+    assert runs.load_config(tmp_path / "ft").model == dataclasses.replace(source.cfg.model, dropout=cfg.model.dropout)
 
 
 @pytest.mark.parametrize("overrides, message", [
