@@ -78,8 +78,9 @@ class ModelConfig:
         return self.n_vocab * D + self.n_ctx * D + L * (2 * layernorm + attention + mlp) + layernorm
 
     def flops_per_token(self, causal_half: bool = False) -> int:
-        """Training FLOPs per token: 6N for the weights (embeddings excluded, as
-        in PaLM's MFU) plus 12·L·T·D for attention scores (halved if causal_half)."""
+        """Training FLOPs per token: 6N plus 12·L·T·D for attention scores and values
+        (halved if causal_half). N leaves out the position table, which is only looked
+        up; the tied token table counts once, for its matmul work as the unembedding."""
         n = self.n_params - self.n_ctx * self.n_embd
         attention = 12 * self.n_layer * self.n_ctx * self.n_embd
         return 6 * n + (attention // 2 if causal_half else attention)

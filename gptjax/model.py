@@ -30,7 +30,7 @@ def constant(shape: tuple[int, ...], axes: tuple[str | None, ...], value: float,
 
 
 def add_bias(y, b: nnx.Param | None):
-    return y if b is None else y + b.value.astype(y.dtype)
+    return y if b is None else y + b[...].astype(y.dtype)
 
 
 class GPT(nnx.Module):
@@ -56,8 +56,8 @@ class GPT(nnx.Module):
 
     def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0):
         T = idx_bt.shape[1]
-        positions = jax.lax.dynamic_slice_in_dim(self.wpe_td.value, pos, T)
-        x_btd = (self.wte_vd.value[idx_bt] + positions).astype(self.dtype)
+        positions = jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, T)
+        x_btd = (self.wte_vd[...][idx_bt] + positions).astype(self.dtype)
         x_btd = self.drop(x_btd, rngs=rngs, deterministic=rngs is None)
         new_cache = []
         for i, block in enumerate(self.blocks):
@@ -67,7 +67,7 @@ class GPT(nnx.Module):
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
         # Tied weights: W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
-        return jnp.einsum("btd,vd->btv", x_btd, self.wte_vd.value.astype(self.dtype),
+        return jnp.einsum("btd,vd->btv", x_btd, self.wte_vd[...].astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
 
@@ -121,11 +121,11 @@ class Attention(nnx.Module):
             causal = False
         out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
                                                 mask=mask, is_causal=causal)
-        out_btd = jnp.einsum("bthk,hkd->btd", out_bthk, self.wo_hkd.value.astype(self.dtype))
+        out_btd = jnp.einsum("bthk,hkd->btd", out_bthk, self.wo_hkd[...].astype(self.dtype))
         return add_bias(out_btd, self.bo_d), cache
 
     def _project(self, x_btd, w_dhk, b_hk):
-        return add_bias(jnp.einsum("btd,dhk->bthk", x_btd, w_dhk.value.astype(self.dtype)), b_hk)
+        return add_bias(jnp.einsum("btd,dhk->bthk", x_btd, w_dhk[...].astype(self.dtype)), b_hk)
 
 
 class MLP(nnx.Module):
@@ -138,9 +138,9 @@ class MLP(nnx.Module):
         self.b_down_d = constant((D,), ("embed",), 0.0, cfg.bias)
 
     def __call__(self, x_btd):
-        h_btf = add_bias(jnp.einsum("btd,df->btf", x_btd, self.w_up_df.value.astype(self.dtype)), self.b_up_f)
+        h_btf = add_bias(jnp.einsum("btd,df->btf", x_btd, self.w_up_df[...].astype(self.dtype)), self.b_up_f)
         h_btf = jax.nn.gelu(h_btf, approximate=True)  # GPT-2's tanh GELU
-        return add_bias(jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd.value.astype(self.dtype)), self.b_down_d)
+        return add_bias(jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd[...].astype(self.dtype)), self.b_down_d)
 
 
 class LayerNorm(nnx.Module):
@@ -153,7 +153,7 @@ class LayerNorm(nnx.Module):
         x = x_btd.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d.value
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d[...]
         return add_bias(y, self.bias_d).astype(x_btd.dtype)
 
 

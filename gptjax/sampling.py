@@ -62,9 +62,9 @@ def sample_token(logits_bv, key, *, temperature, top_k, top_p, vocab_size):
     return jnp.where(temperature == 0, greedy, drawn).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "use_cache"))
+@partial(jax.jit, static_argnames=("graphdef", "use_cache", "window"))
 def _generate(graphdef, params, buf_bl, prompt_len, n_new, key, temperature, top_k, top_p, vocab_size, stop_id,
-              use_cache=True):
+              use_cache=True, window="exact"):
     model = nnx.merge(graphdef, params)
     n_ctx = model.cfg.n_ctx
     B = buf_bl.shape[0]
@@ -75,56 +75,75 @@ def _generate(graphdef, params, buf_bl, prompt_len, n_new, key, temperature, top
         logits_btv = model(jax.lax.dynamic_slice_in_dim(buf, start, n_ctx, axis=1))
         return jax.lax.dynamic_index_in_dim(logits_btv, cur - 1 - start, axis=1, keepdims=False)
 
-    def cached_logits(buf, cache, cur):
+    def prefill(buf, cur, offset):
+        # One pass over the fixed-size window starting at `offset` fills a fresh cache
+        # (slots past `cur` hold junk that decoding overwrites before it is ever attended).
+        logits_btv, cache = model.decode(jax.lax.dynamic_slice_in_dim(buf, offset, n_ctx, axis=1),
+                                         init_cache(model.cfg, B, model.dtype), 0)
+        return jax.lax.dynamic_index_in_dim(logits_btv, cur - 1 - offset, axis=1, keepdims=False), cache
+
+    def cached_logits(buf, cache, cur, offset):
         token_b1 = jax.lax.dynamic_slice_in_dim(buf, cur - 1, 1, axis=1)
-        logits_b1v, cache = model.decode(token_b1, cache, cur - 1)
+        logits_b1v, cache = model.decode(token_b1, cache, cur - 1 - offset)
         return logits_b1v[:, 0], cache
 
-    cache = init_cache(model.cfg, B, model.dtype)
-    # Prefill: one pass over the fixed-size first window fills the cache for the prompt
-    # (slots past the prompt hold junk that decoding overwrites before it is ever attended).
-    prefill_btv, cache = model.decode(buf_bl[:, :n_ctx], cache, 0)
-    logits = jax.lax.dynamic_index_in_dim(prefill_btv, prompt_len - 1, axis=1, keepdims=False)
+    def next_logits(buf, cache, cur, offset):
+        if not use_cache:
+            return window_logits(buf, cur), cache, offset
+        if window == "exact":  # past the window, positions shift: only a recompute is exact
+            logits, cache = jax.lax.cond(cur <= n_ctx, lambda: cached_logits(buf, cache, cur, offset),
+                                         lambda: (window_logits(buf, cur), cache))
+            return logits, cache, offset
+        # "shift" (approximate): when the cache is full, re-prefill its newest half and go on caching.
+        full = cur - offset > n_ctx
+        offset = jnp.where(full, cur - n_ctx // 2, offset)
+        logits, cache = jax.lax.cond(full, lambda: prefill(buf, cur, offset),
+                                     lambda: cached_logits(buf, cache, cur, offset))
+        return logits, cache, offset
 
     def body(carry):
-        buf, cache, cur, logits, done = carry
+        buf, cache, cur, offset, logits, done = carry
         token = sample_token(logits, jax.random.fold_in(key, cur), temperature=temperature, top_k=top_k,
                              top_p=top_p, vocab_size=vocab_size)
         token = jnp.where(done, stop_id, token)
         buf = jax.lax.dynamic_update_slice_in_dim(buf, token[:, None], cur, axis=1)
-        done = done | (token == stop_id)
-        cur = cur + 1
-        if use_cache:
-            logits, cache = jax.lax.cond(cur <= n_ctx, lambda: cached_logits(buf, cache, cur),
-                                         lambda: (window_logits(buf, cur), cache))
-        else:
-            logits = window_logits(buf, cur)
-        return buf, cache, cur, logits, done
+        logits, cache, offset = next_logits(buf, cache, cur + 1, offset)
+        return buf, cache, cur + 1, offset, logits, done | (token == stop_id)
 
     def cond(carry):
-        _, _, cur, _, done = carry
+        _, _, cur, _, _, done = carry
         return (cur < prompt_len + n_new) & ~jnp.all(done)
 
-    init = (buf_bl, cache, prompt_len, logits, jnp.zeros((B,), bool))
-    buf, _, cur, _, _ = jax.lax.while_loop(cond, body, init)
+    logits, cache = prefill(buf_bl, prompt_len, 0)
+    init = (buf_bl, cache, prompt_len, jnp.int32(0), logits, jnp.zeros((B,), bool))
+    buf, _, cur, _, _, _ = jax.lax.while_loop(cond, body, init)
     return buf, cur
 
 
 def generate(graphdef, params, cfg: ModelConfig, prompt: list[int], *, max_new_tokens: int, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, seed: int = 0,
-             vocab_size: int | None = None, stop_id: int | None = None, use_cache: bool = True) -> list[list[int]]:
-    """New tokens (prompt excluded) for each sample, cut after the stop token if one is drawn."""
+             vocab_size: int | None = None, stop_id: int | None = None, use_cache: bool = True,
+             window: str = "exact") -> list[list[int]]:
+    """New tokens (prompt excluded) for each sample, cut after the stop token if one is drawn.
+
+    window="exact" reruns the last n_ctx tokens for each token past the context window;
+    window="shift" is approximate and faster: when the window fills, the newest n_ctx/2
+    tokens are re-encoded from position 0 and caching goes on.
+    """
     vocab_size = vocab_size or cfg.n_vocab
     if not prompt:
         raise SamplerError("the prompt encodes to no tokens")
-    window = prompt[-cfg.n_ctx:]  # only the last n_ctx tokens can influence the next one
-    buf = np.zeros((num_samples, cfg.n_ctx + max_new_tokens), np.int32)
-    buf[:, :len(window)] = window
-    out, cur = _generate(graphdef, params, jnp.asarray(buf), jnp.int32(len(window)), jnp.int32(max_new_tokens),
+    if window not in ("exact", "shift"):
+        raise SamplerError(f"window must be exact or shift, got {window!r}")
+    context = prompt[-cfg.n_ctx:]  # only the last n_ctx tokens can influence the next one
+    # Room for a whole window past the last token, so fixed-size slices never clamp.
+    buf = np.zeros((num_samples, 2 * cfg.n_ctx + max_new_tokens), np.int32)
+    buf[:, :len(context)] = context
+    out, cur = _generate(graphdef, params, jnp.asarray(buf), jnp.int32(len(context)), jnp.int32(max_new_tokens),
                          jax.random.PRNGKey(seed), jnp.float32(temperature), jnp.int32(top_k or cfg.n_vocab),
                          jnp.float32(top_p), jnp.int32(vocab_size), jnp.int32(-1 if stop_id is None else stop_id),
-                         use_cache=use_cache)
-    new = np.asarray(out)[:, len(window):int(cur)]
+                         use_cache=use_cache, window=window)
+    new = np.asarray(out)[:, len(context):int(cur)]
     samples = []
     for row in new.tolist():
         if stop_id is not None and stop_id in row:

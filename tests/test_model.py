@@ -22,6 +22,14 @@ def test_gpt2_parameter_count_matches_formula_and_openai():
     assert count_params(abstract) == cfg.n_params == 124_439_808
 
 
+def test_flops_per_token_matches_a_hand_count():
+    # gpt2: N = 124,439,808 - 1024·768 position weights = 123,653,376 (PaLM's MFU excludes embeddings
+    # it looks up); attention 12·L·T·D = 12·12·1024·768 = 113,246,208.
+    cfg = config.load("gpt2").model
+    assert cfg.flops_per_token() == 6 * 123_653_376 + 113_246_208 == 855_166_464
+    assert cfg.flops_per_token(causal_half=True) == 6 * 123_653_376 + 56_623_104
+
+
 def test_parameter_count_without_bias_and_padded_vocab():
     for cfg in (SMALL, ModelConfig(n_vocab=128, n_ctx=8, n_embd=24, n_head=3, n_layer=3, bias=False)):
         assert count_params(GPT(cfg, rngs=nnx.Rngs(0))) == cfg.n_params
@@ -36,16 +44,16 @@ def test_initial_loss_is_about_ln_vocab():
 
 def test_gpt2_init_scales_residual_projections():
     model = GPT(ModelConfig(n_vocab=64, n_ctx=8, n_embd=256, n_head=4, n_layer=8), rngs=nnx.Rngs(0))
-    assert abs(float(model.blocks[0].mlp.w_up_df.value.std()) - 0.02) < 0.001
-    assert abs(float(model.blocks[0].mlp.w_down_fd.value.std()) - 0.02 / math.sqrt(16)) < 0.0005
-    assert abs(float(model.blocks[0].attn.wo_hkd.value.std()) - 0.02 / math.sqrt(16)) < 0.0005
+    assert abs(float(model.blocks[0].mlp.w_up_df[...].std()) - 0.02) < 0.001
+    assert abs(float(model.blocks[0].mlp.w_down_fd[...].std()) - 0.02 / math.sqrt(16)) < 0.0005
+    assert abs(float(model.blocks[0].attn.wo_hkd[...].std()) - 0.02 / math.sqrt(16)) < 0.0005
 
 
 def test_unembedding_is_tied_to_token_embedding():
     model = GPT(SMALL, rngs=nnx.Rngs(0))
     x = jnp.arange(SMALL.n_ctx)[None] % SMALL.n_vocab
     hidden, _ = model.hidden(x)
-    np.testing.assert_allclose(model(x), hidden @ model.wte_vd.value.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model(x), hidden @ model.wte_vd[...].T, rtol=1e-5, atol=1e-5)
 
 
 def test_causality_future_tokens_never_change_past_logits():

@@ -23,10 +23,22 @@ def gen(model, prompt, **kw):
     return sampling.generate(graphdef, params, CFG, prompt, **kw)
 
 
+@jax.jit
+def _next_greedy(model_params, window, last):
+    # A fixed-size, zero-padded window: causality makes the padding invisible at `last`,
+    # so one compilation serves every length.
+    graphdef, params = model_params
+    return nnx.merge(graphdef, params)(window)[0, last].argmax()
+
+
 def greedy_by_hand(model, prompt, n):
+    """Greedy decoding the slow, obvious way: the full model on the last n_ctx tokens."""
+    split = nnx.split(model, nnx.Param)
     seq = list(prompt)
     for _ in range(n):
-        seq.append(int(model(jnp.asarray([seq[-CFG.n_ctx:]]))[0, -1].argmax()))
+        context = seq[-CFG.n_ctx:]
+        window = jnp.zeros((1, CFG.n_ctx), jnp.int32).at[0, :len(context)].set(jnp.asarray(context))
+        seq.append(int(_next_greedy(split, window, len(context) - 1)))
     return seq[len(prompt):]
 
 
@@ -42,6 +54,15 @@ def test_greedy_is_argmax_of_the_last_window(model, prompt_len, n_new):
 def test_cache_and_recompute_draw_the_same_tokens(model):
     kw = dict(max_new_tokens=40, num_samples=3, temperature=1.0, seed=7)
     assert gen(model, [3, 4, 5], **kw) == gen(model, [3, 4, 5], use_cache=False, **kw)
+
+
+def test_shift_window_is_exact_inside_the_window_and_deterministic_past_it(model):
+    inside = dict(max_new_tokens=CFG.n_ctx - 3, temperature=1.0, seed=3)
+    assert gen(model, [1, 2, 3], window="shift", **inside) == gen(model, [1, 2, 3], **inside)
+    past = dict(max_new_tokens=3 * CFG.n_ctx, temperature=1.0, seed=3, window="shift")
+    tokens = gen(model, [1, 2, 3], **past)
+    assert tokens == gen(model, [1, 2, 3], **past)
+    assert len(tokens[0]) == 3 * CFG.n_ctx and all(0 <= t < CFG.n_vocab for t in tokens[0])
 
 
 def test_same_seed_same_tokens_and_seeds_differ(model):
