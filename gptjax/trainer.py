@@ -66,11 +66,13 @@ def build(cfg: Config, mesh) -> Pieces:
 
 def init_state(cfg: Config, pieces: Pieces) -> TrainState:
     """Fresh parameters and optimizer state, created directly in their sharded places."""
-    def init():
-        params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed)), nnx.Param)
-        rng = jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1))
+    def init(seed):
+        params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=jax.random.key(seed))), nnx.Param)
+        rng = jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
         return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), rng)
-    return jax.jit(init, out_shardings=pieces.state_shardings)()
+    # The seed is an argument, not a constant baked into the program, so runs that differ only
+    # in seed (a sweep's) compile the same init and JAX's compilation cache can serve it.
+    return jax.jit(init, out_shardings=pieces.state_shardings)(np.int64(cfg.train.seed))
 
 
 def restore_state(ckpts: Checkpoints, step: int, pieces: Pieces) -> TrainState:
