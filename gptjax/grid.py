@@ -162,7 +162,8 @@ def _match(cfg: Config, target: int, vocab_of: Callable[[Config], int]) -> Confi
     got = dataclasses.replace(model, n_embd=width).n_params
     if abs(got - target) > MATCH_TOLERANCE * target:
         raise ConfigError(f"no n_embd keeps the parameter count within {MATCH_TOLERANCE:.0%} of the base's "
-                          f"{target:,}: the nearest multiple of n_head={model.n_head}, {width}, gives {got:,}")
+                          f"{target:,}: the nearest multiple of n_head={model.n_head}, {width}, gives {got:,} "
+                          f"({got / target - 1:+.1%}); use fewer heads or a wider base")
     return cfg.replace(model={"n_embd": width})
 
 

@@ -13,6 +13,8 @@ the command skips finished runs and resumes interrupted ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -87,7 +89,8 @@ def run(spec: grid.Spec, command: str = "") -> None:
     if not jobs:
         raise UserError(f"every point of the grid is invalid (see above); nothing to train in {sweep_dir}")
     write_plan(sweep_dir, spec, points, command)
-    failed = train_all(jobs)
+    with compile_cache(sweep_dir / ".jax_cache"):
+        failed = train_all(jobs)
     from gptjax import report  # after training: plotting libraries are not needed before
 
     result = report.write([sweep_dir], sweep_dir)
@@ -127,21 +130,21 @@ def steps_done(cfg: Config) -> int:
 
 def train_all(jobs: list[tuple[grid.Point, int, Config]]) -> list[str]:
     """Train the unfinished runs one by one with a progress line each; returns the failures."""
+    started = [steps_done(cfg) for _, _, cfg in jobs]
     # FLOPs still to do per run: the ETA scales the time spent so far by them, since a 4-layer
     # point costs about four 1-layer ones.
-    # FLOPs still to do per run: the ETA scales the time spent so far by them, since a 4-layer
-    # point costs about four 1-layer ones.
-    todo = [_flops_left(cfg) for _, _, cfg in jobs]
+    todo = [_flops(cfg, cfg.train.steps - start) for (_, _, cfg), start in zip(jobs, started)]
     spent = done = 0.0
     failed = []
-    for k, ((point, seed, cfg), flops) in enumerate(zip(jobs, todo)):
+    for k, ((point, seed, cfg), start, flops) in enumerate(zip(jobs, started, todo)):
         head = f"[{k + 1}/{len(jobs)}] {point.name} seed={seed} (train.seed={cfg.train.seed})"
         if not flops:
             print(f"{head}: finished, skipped", flush=True)
             continue
         left = sum(1 for f in todo[k + 1:] if f)
         eta = _duration(spent / done * sum(todo[k:])) if done else "after the first run"
-        print(f"{head}: training, {left} more to train after it, ETA {eta}", flush=True)
+        resume = f"resuming from step {start}" if start else "training"
+        print(f"{head}: {resume}, {left} more to train after it, ETA {eta}", flush=True)
         seconds, error = timed_train(cfg)
         if error:
             failed.append(f"{point.name} seed={seed}: {error}")
@@ -150,11 +153,36 @@ def train_all(jobs: list[tuple[grid.Point, int, Config]]) -> list[str]:
     return failed
 
 
-def _flops_left(cfg: Config) -> float:
-    import dataclasses
-
+def _flops(cfg: Config, steps: int) -> float:
     model = dataclasses.replace(cfg.model, n_vocab=vocab_of(cfg))
-    return max(0, cfg.train.steps - steps_done(cfg)) * cfg.tokens_per_step * model.flops_per_token()
+    return max(0, steps) * cfg.tokens_per_step * model.flops_per_token()
+
+
+@contextlib.contextmanager
+def compile_cache(path: Path):
+    """JAX's persistent compilation cache in `path` while the sweep trains, unless the user set one.
+
+    The seeds of a point compile the same steps: with the cache only the first seed pays for
+    compiling (half the CPU time of a small run), and a re-run or resume compiles nothing.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = {name: getattr(jax.config, name) for name in names}
+    if old["jax_compilation_cache_dir"]:
+        yield
+        return
+    for name, value in zip(names, (str(path), 0.0, 0)):
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # JAX decides once per process whether to use the cache: ask again
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
 
 
 def timed_train(cfg: Config) -> tuple[float, str | None]:
