@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed, nor wanted on a training machine
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 DPI = 100
@@ -24,27 +25,50 @@ def curves(points, path: Path) -> None:
     """One line per point (mean over seeds) with a band from the lowest to the highest seed; best first."""
     fig = _figure(CURVES_SIZE)
     ax = fig.add_subplot()
-    colors = plt.get_cmap("tab20" if len(points) > 10 else "tab10")
     for i, point in enumerate(points):
-        by_tokens: dict[int, list[float]] = {}
-        for run in point.runs:
-            for tokens, loss in run.curve:
-                by_tokens.setdefault(tokens, []).append(loss)
-        x = np.array(sorted(by_tokens))
-        ys = [np.array(by_tokens[t]) for t in x]
-        color = colors(i % colors.N)
-        label = f"{point.name} ({point.mean('best_val_loss'):.3f})"
-        ax.plot(x, [y.mean() for y in ys], color=color, label=label, linewidth=1.5)
+        x, ys = _by_tokens(point)
+        color = _color(i, len(points))
+        ax.plot(x, [y.mean() for y in ys], color=color, linewidth=1.5,
+                label=f"{point.name} ({point.mean('best_val_loss'):.3f})")
         if len(point.runs) > 1:
             ax.fill_between(x, [y.min() for y in ys], [y.max() for y in ys], color=color, alpha=0.2, linewidth=0)
+    zoomed = _zoom(ax, points)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("val loss")
     seeds = max(len(p.runs) for p in points)
-    ax.set_title("val loss" + (f" (mean of {seeds} seeds; band: lowest to highest)" if seeds > 1 else ""))
+    ax.set_title("val loss" + (f", mean of {seeds} seeds (band: lowest to highest)" if seeds > 1 else "")
+                 + ("; y axis from the first quarter of training on" if zoomed else ""))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize="small", title="point (best val loss)")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def _by_tokens(point):
+    by_tokens: dict[int, list[float]] = {}
+    for run in point.runs:
+        for tokens, loss in run.curve:
+            by_tokens.setdefault(tokens, []).append(loss)
+    x = np.array(sorted(by_tokens))
+    return x, [np.array(by_tokens[t]) for t in x]
+
+
+def _color(i: int, n: int):
+    if n <= 10:
+        return plt.get_cmap("tab10")(i)
+    return plt.get_cmap("tab20")((2 * i) % 20 + (2 * i) // 20)  # the ten dark shades first, then the light ones
+
+
+def _zoom(ax, points) -> bool:
+    # The first quarter of training falls from ln(vocab) and would squash the differences that
+    # matter into a sliver at the bottom: the y range covers the rest (earlier points are clipped).
+    last = max(t for p in points for r in p.runs for t, _ in r.curve)
+    late = [v for p in points for r in p.runs for t, v in r.curve if t >= last / 4]
+    low, high = min(late), max(late)
+    if high > low:
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    return high > low
 
 
 def heatmap(points, axes: list[str], planned: list[dict], path: Path) -> bool:

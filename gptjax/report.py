@@ -199,7 +199,8 @@ def markdown(report: Report, command: str) -> str:
             cells[-3] = f"**{cells[-3]}**"
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({len(p.runs) for p in report.points})
-    notes = [f"Sorted by best val loss; mean ± std over {'/'.join(map(str, seeds))} seed(s); wall time per run.",
+    spread = "one seed per point" if seeds == [1] else f"mean ± std over {'/'.join(map(str, seeds))} seeds"
+    notes = [f"Sorted by best val loss; {spread}; wall time per run.",
              report.significance, *(f"Skipped {name}: {why}" for name, why in report.skipped)]
     return "\n".join(([f"`{command}`", ""] if command else []) + lines + [""] + notes) + "\n"
 
