@@ -75,14 +75,14 @@ def parse_item(item: str) -> tuple[str, list]:
 
 
 def is_sweep_file(target: str) -> Path | None:
-    """A YAML file with a `grid:` (a path, or a name in configs/ablations/), else None (a base config)."""
+    """A YAML file with `base:` or `grid:` (a path, or a name in configs/ablations/), else None (a base config)."""
     for path in (Path(target), config.CONFIG_DIR / "ablations" / f"{target}.yaml"):
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             try:
                 raw = yaml.safe_load(path.read_text(encoding="utf-8"))
             except (yaml.YAMLError, OSError, UnicodeDecodeError):
                 return None  # not ours to judge: config.load reports it as a base config
-            return path if isinstance(raw, dict) and "grid" in raw else None
+            return path if isinstance(raw, dict) and ("grid" in raw or "base" in raw) else None
     return None
 
 
@@ -109,7 +109,8 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
     for key in [k for k, v in axes.items() if len(v) == 1]:  # one value is a setting, not an axis
         fixed[key] = axes.pop(key)[0]
     default_out = SWEEP_DIR / "-".join([Path(target).stem, *(k.split(".")[1] for k in axes)])
-    spec = Spec(spec.base, axes, fixed, seeds or spec.seeds, match or spec.match, out or spec.out or str(default_out))
+    spec = Spec(spec.base, axes, fixed, spec.seeds if seeds is None else seeds, match or spec.match,
+                out or spec.out or str(default_out))
     if not isinstance(spec.seeds, int) or spec.seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {spec.seeds!r}")
     if spec.match not in (None, *MATCHES):

@@ -61,7 +61,8 @@ class PointResult:
         return {"params": cfg.model.n_params, "flops_per_token": cfg.model.flops_per_token(),
                 "tokens_seen": int(self.mean("steps")) * cfg.tokens_per_step, "steps": int(self.mean("steps")),
                 "seeds": len(self.runs),
-                **{f"{m}_{s}": getattr(self, s)(m) for m in ("final_val_loss", "best_val_loss") for s in ("mean", "std")},
+                **{f"{m}_{s}": getattr(self, s)(m)
+                   for m in ("final_val_loss", "best_val_loss") for s in ("mean", "std")},
                 "tokens_per_sec": self.mean("tokens_per_sec"), "wall_s": self.mean("wall_s")}
 
 
@@ -135,6 +136,8 @@ def write(paths: list[Path], out: Path) -> Report:
 
     plan = _read_plan(paths)
     runs_dirs = find_runs(paths)
+    if plan:  # only this sweep's points: an earlier grid in the same directory may have left others
+        runs_dirs = [d for d in runs_dirs if d.parent.name in {p["name"] for p in plan["points"] if not p["error"]}]
     runs = [r for r in map(read_run, runs_dirs) if r is not None]
     if not runs:
         raise UserError(f"none of the {len(runs_dirs)} runs has been evaluated yet; train them first")

@@ -18,7 +18,8 @@ from gptjax.tracking import read_metrics
 
 STEPS = 6
 GRID = ["model.n_head=2,3,4", "model.n_layer=1,2"]  # n_head=3 does not divide the tiny model's n_embd=32
-SETTINGS = [f"train.steps={STEPS}", f"train.lr_decay_steps={STEPS}", "train.eval_every=6", "train.log_every=3", "train.eval_batches=1"]
+SETTINGS = [f"train.steps={STEPS}", f"train.lr_decay_steps={STEPS}", "train.eval_every=6", "train.log_every=3",
+            "train.eval_batches=1"]
 VALID = ["n_head=2,n_layer=1", "n_head=2,n_layer=2", "n_head=4,n_layer=1", "n_head=4,n_layer=2"]
 
 
@@ -169,7 +170,8 @@ def test_match_params_reports_points_it_cannot_match():
 
 def test_sweep_file_with_command_line_on_top():
     spec = grid.make_spec("heads_layers_cpu", [], None, None, None)
-    assert spec.base == "shakespeare_char_cpu" and spec.axes == {"model.n_head": [1, 2, 4, 8], "model.n_layer": [1, 2, 4]}
+    assert spec.base == "shakespeare_char_cpu"
+    assert spec.axes == {"model.n_head": [1, 2, 4, 8], "model.n_layer": [1, 2, 4]}
     assert spec.out == "runs/sweeps/heads_layers_cpu" and spec.seeds == 1
     spec = grid.make_spec(str(config.CONFIG_DIR / "ablations" / "heads_layers_cpu.yaml"),
                           ["model.n_layer=2", "train.lr=1e-3,3e-3"], 3, "elsewhere", None)
@@ -183,6 +185,7 @@ def test_sweep_file_with_command_line_on_top():
     (["train.seed=1,2"], "train.seed cannot be set in a sweep: use --seeds N"),
     (["model.n_head"], "must look like section.key=value"),
     (["model.n_head=3,5"], "every point of the grid is invalid"),
+    (["model.n_head=2,4", "--seeds", "0"], "seeds must be a positive integer, got 0"),
 ])
 def test_bad_sweeps_fail_with_one_line(items, message, tmp_path):
     code, stdout, stderr = run_main(sweep.main, ["tiny", *items, "--out", str(tmp_path / "s")])
