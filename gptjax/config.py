@@ -158,6 +158,7 @@ class RunConfig:
     out_dir: str = _field("", "run directory; empty: runs/<config name>")
     wandb: str = _field("off", "off | offline | online")
     wandb_project: str = _field("gptjax", "wandb project name")
+    wandb_group: str = _field("", "wandb group gathering related runs (a sweep sets it to the sweep's name); empty: none")
     keep_checkpoints: int = _field(2, "latest checkpoints kept (the best by val loss is kept too)")
     progress: bool = _field(True, "show a progress bar")
 

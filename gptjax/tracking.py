@@ -41,7 +41,8 @@ class Tracker:
             import wandb
 
             self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb, config=cfg.to_dict(),
-                                    dir=str(run_dir), name=Path(run_dir).name, id=_wandb_id(run_dir), resume="allow")
+                                    group=cfg.run.wandb_group or None, dir=str(run_dir), name=_wandb_name(run_dir, cfg),
+                                    id=_wandb_id(run_dir), resume="allow")
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.active:
@@ -77,6 +78,12 @@ class Tracker:
 def _plain(v):
     v = float(v) if hasattr(v, "item") or isinstance(v, float) else v
     return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _wandb_name(run_dir: Path, cfg) -> str:
+    # A sweep's runs are SWEEP/POINT/seed=N: inside a group the point tells them apart, "seed=0" alone would not.
+    run_dir = Path(run_dir).absolute()
+    return f"{run_dir.parent.name}/{run_dir.name}" if cfg.run.wandb_group else run_dir.name
 
 
 def _wandb_id(run_dir: Path) -> str:

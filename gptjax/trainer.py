@@ -64,17 +64,19 @@ def build(cfg: Config, mesh) -> Pieces:
                   jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings), jit_eval_step(graphdef))
 
 
-def initial_rng(seed: int) -> jax.Array:
+def initial_rng(seed) -> jax.Array:
     return jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
 
 def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> TrainState:
     """A fresh optimizer around fresh parameters (or given ones: a fine-tune), created in their sharded places."""
-    def init(params):
+    def init(seed, params):
         if params is None:
-            params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed)), nnx.Param)
-        return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), initial_rng(cfg.train.seed))
-    return jax.jit(init, out_shardings=pieces.state_shardings)(params)
+            params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=jax.random.key(seed))), nnx.Param)
+        return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), initial_rng(seed))
+    # The seed is an argument, not a constant baked into the program, so runs that differ only
+    # in seed (a sweep's) compile the same init and JAX's compilation cache can serve it.
+    return jax.jit(init, out_shardings=pieces.state_shardings)(np.int64(cfg.train.seed), params)
 
 
 def restore_state(ckpts: Checkpoints, step: int, pieces: Pieces) -> TrainState:

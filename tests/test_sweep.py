@@ -1,0 +1,213 @@
+"""Ablations: a real 2 x 2 sweep (heads x layers, 2 seeds) end to end, its report against its runs,
+re-runs that train nothing, --match params, sweep files, Welch's t-test and one-line errors."""
+
+import contextlib
+import csv
+import io
+import math
+import struct
+
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+
+from gptjax import config, grid, plots, stats, sweep, trainer
+from gptjax.checkpoint import Checkpoints
+from gptjax.tracking import read_metrics
+
+STEPS = 6
+GRID = ["model.n_head=2,3,4", "model.n_layer=1,2"]  # n_head=3 does not divide the tiny model's n_embd=32
+SETTINGS = [f"train.steps={STEPS}", f"train.lr_decay_steps={STEPS}", "train.eval_every=6", "train.log_every=3",
+            "train.eval_batches=1"]
+VALID = ["n_head=2,n_layer=1", "n_head=2,n_layer=2", "n_head=4,n_layer=1", "n_head=4,n_layer=2"]
+
+
+def run_main(main, argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and ".jax_cache" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, data_cache):
+    """The sweep, run once; one of its runs was interrupted at step 3 beforehand (same LR schedule, fewer steps)."""
+    out = tmp_path_factory.mktemp("sweep") / "heads_layers"
+    argv = ["tiny", *GRID, *SETTINGS, "--seeds", "2", "--out", str(out)]
+    spec = grid.make_spec("tiny", [*GRID, *SETTINGS], 2, str(out), None)
+    first = next(p for p in grid.plan(spec, sweep.vocab_of) if p.cfg)
+    with sweep.compile_cache(out / ".jax_cache"):  # as the sweep would have: its resume compiles nothing
+        trainer.train(grid.run_config(first, 0, out).replace(train={"steps": 3}))
+    code, stdout, stderr = run_main(sweep.main, argv)
+    assert code == 0, stderr
+    return out, argv, stdout
+
+
+def seed_dirs(out, point):
+    return [out / point / f"seed={i}" for i in range(2)]
+
+
+def test_sweep_trains_the_valid_points_and_reports_the_invalid(swept):
+    out, _, stdout = swept
+    for layers in (1, 2):
+        assert (f"skipped n_head=3,n_layer={layers}: model.n_embd=32 is not divisible by model.n_head=3"
+                in stdout)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == VALID
+    assert "Skipped n_head=3,n_layer=1: model.n_embd=32 is not divisible" in (out / "results.md").read_text()
+    progress = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in progress] == [f"[{k}/8" for k in range(1, 9)]
+    assert progress[0].startswith("[1/8] n_head=2,n_layer=1 seed=0 (train.seed=1337): resuming from step 3, "
+                                  "7 more to train after it, ETA")
+    assert "[8/8] n_head=4,n_layer=2 seed=1 (train.seed=1338): training, 0 more to train after it, ETA " in stdout
+
+
+def test_runs_are_ordinary_run_directories_with_seeds_and_wandb_group(swept):
+    out, *_ = swept
+    for point in VALID:
+        for seed, run_dir in enumerate(seed_dirs(out, point)):
+            cfg = config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+            assert cfg.train.seed == 1337 + seed
+            assert cfg.run.wandb_group == "heads_layers"
+            assert f"n_head={cfg.model.n_head},n_layer={cfg.model.n_layer}" == point
+            assert Checkpoints(run_dir).latest_step() == STEPS
+    # The interrupted run resumed: every step logged exactly once.
+    steps = [r["step"] for r in read_metrics(out / VALID[0] / "seed=0")]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == STEPS
+
+
+def test_results_csv_matches_the_runs_metrics(swept):
+    out, *_ = swept
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["point"] for r in rows) == VALID
+    best = [float(r["best_val_loss_mean"]) for r in rows]
+    assert best == sorted(best)
+    for row in rows:
+        runs = seed_dirs(out, row["point"])
+        vals = [[r["val_loss"] for r in read_metrics(d) if "val_loss" in r] for d in runs]
+        speed = [np.mean([r["tokens_per_sec"] for r in read_metrics(d) if "tokens_per_sec" in r]) for d in runs]
+        cfg = config.load("tiny", [f"model.n_head={row['model.n_head']}", f"model.n_layer={row['model.n_layer']}",
+                                   "model.n_vocab=65"])
+        assert int(row["params"]) == cfg.model.n_params and int(row["flops_per_token"]) == cfg.model.flops_per_token()
+        assert int(row["tokens_seen"]) == STEPS * 8 * 32 and row["seeds"] == "2"
+        for name, per_run in (("final", [v[-1] for v in vals]), ("best", [min(v) for v in vals])):
+            assert float(row[f"{name}_val_loss_mean"]) == pytest.approx(np.mean(per_run), abs=1e-12)
+            assert float(row[f"{name}_val_loss_std"]) == pytest.approx(np.std(per_run, ddof=1), abs=1e-12)
+        assert float(row["tokens_per_sec"]) == pytest.approx(np.mean(speed))
+        assert float(row["wall_s"]) > 0
+
+
+def png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plots_open_and_have_the_expected_size(swept):
+    out, *_ = swept
+    for name, size in (("curves.png", plots.CURVES_SIZE), ("heatmap.png", plots.HEATMAP_SIZE)):
+        assert png_size(out / name) == size
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[:2] == size[::-1] and image.std() > 0.05  # decoded, and not a blank canvas
+
+
+def test_welch_verdict_in_markdown(swept):
+    out, *_ = swept
+    text = (out / "results.md").read_text()
+    assert "Welch's t-test on best val loss: p = " in text and "2 and 2 seeds" in text
+    assert text.count("\n| ") == 2 + 4  # header, rule, one row per valid point
+
+
+def test_rerun_trains_nothing_and_changes_no_run(swept):
+    out, argv, _ = swept
+    before = {p: b for p, b in files(out).items() if "seed=" in str(p)}
+    code, stdout, stderr = run_main(sweep.main, argv)
+    assert code == 0, stderr
+    progress = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 8 and all(line.endswith(": finished, skipped") for line in progress)
+    assert {p: b for p, b in files(out).items() if "seed=" in str(p)} == before
+
+
+def test_report_on_a_list_of_run_directories(swept, tmp_path):
+    out, *_ = swept
+    runs = [*seed_dirs(out, "n_head=2,n_layer=1"), *seed_dirs(out, "n_head=2,n_layer=2")]
+    code, _, stderr = run_main(sweep.main, ["report", *map(str, runs), "--out", str(tmp_path)])
+    assert code == 0, stderr
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert sorted(r["point"] for r in rows) == ["n_layer=1", "n_layer=2"]
+    assert all(r["seeds"] == "2" for r in rows) and "model.n_head" not in rows[0]  # only what differs
+    assert not (tmp_path / "heatmap.png").exists()  # one axis: no heatmap
+    code, _, stderr = run_main(sweep.main, ["report", *map(str, runs)])
+    assert code == 2 and stderr.strip() == "error: several directories given: say where the report goes with --out DIR"
+
+
+def test_match_params_keeps_every_point_within_5_percent():
+    spec = grid.make_spec("shakespeare_char_cpu", ["model.n_head=1,2,4,8", "model.n_layer=1,2,4,6"], None, "x",
+                          "params")
+    points = grid.plan(spec, sweep.vocab_of)
+    base = config.load("shakespeare_char_cpu", ["model.n_vocab=65"]).model.n_params
+    assert len(points) == 16 and all(p.error is None for p in points)
+    for p in points:
+        model = p.cfg.replace(model={"n_vocab": 65}).model
+        assert model.n_embd % model.n_head == 0
+        assert abs(model.n_params / base - 1) <= 0.05, p.name
+    widths = {p.cfg.model.n_layer: p.cfg.model.n_embd for p in points if p.cfg.model.n_head == 4}
+    assert widths[1] > widths[2] > widths[4] == 128 > widths[6]  # fewer layers, wider: the size is held
+
+
+def test_match_params_reports_points_it_cannot_match():
+    spec = grid.make_spec("tiny", ["model.n_head=8", "model.n_layer=1,2"], None, "x", "params")
+    bad, good = grid.plan(spec, sweep.vocab_of)
+    assert good.error is None and good.cfg.model.n_embd == 32
+    assert bad.cfg is None and bad.error.startswith("no n_embd keeps the parameter count within 5% of the base's")
+    with pytest.raises(config.ConfigError, match="chooses model.n_embd per point"):
+        grid.make_spec("tiny", ["model.n_embd=32,64"], None, "x", "params")
+
+
+def test_sweep_file_with_command_line_on_top():
+    spec = grid.make_spec("heads_layers_cpu", [], None, None, None)
+    assert spec.base == "shakespeare_char_cpu"
+    assert spec.axes == {"model.n_head": [1, 2, 4, 8], "model.n_layer": [1, 2, 4]}
+    assert spec.out == "runs/sweeps/heads_layers_cpu" and spec.seeds == 1
+    spec = grid.make_spec(str(config.CONFIG_DIR / "ablations" / "heads_layers_cpu.yaml"),
+                          ["model.n_layer=2", "train.lr=1e-3,3e-3"], 3, "elsewhere", None)
+    assert spec.axes == {"model.n_head": [1, 2, 4, 8], "train.lr": ["1e-3", "3e-3"]}
+    assert spec.fixed == {"model.n_layer": 2} and spec.seeds == 3 and spec.out == "elsewhere"
+    assert grid.plan(spec, sweep.vocab_of)[0].name == "n_head=1,lr=0.001"  # values as the config reads them
+
+
+@pytest.mark.parametrize("items, message", [
+    (["model.n_haed=2,4"], "unknown config key 'model.n_haed'; did you mean model.n_head?"),
+    (["train.seed=1,2"], "train.seed cannot be set in a sweep: use --seeds N"),
+    (["model.n_head"], "must look like section.key=value"),
+    (["model.n_head=3,5"], "every point of the grid is invalid"),
+    (["model.n_head=2,4", "--seeds", "0"], "seeds must be a positive integer, got 0"),
+])
+def test_bad_sweeps_fail_with_one_line(items, message, tmp_path):
+    code, stdout, stderr = run_main(sweep.main, ["tiny", *items, "--out", str(tmp_path / "s")])
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()  # nothing written for a sweep that cannot run
+
+
+def test_point_names_are_safe_directory_names():
+    assert grid.point_name({"model.n_head": 2, "data.source": "data/my file.txt"}) == "n_head=2,source=data_my_file.txt"
+    assert grid.point_name({"train.lr": 0.001, "model.bias": False}) == "lr=0.001,bias=false"
+    assert grid.point_name({}) == "base"
+
+
+def test_welch_p_values_match_closed_forms():
+    for t in (0.3, 1.0, 2.5, 7.0):
+        assert stats.t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-10)
+        assert stats.t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+        x = t * t / (4 + t * t)  # df = 4: P(|T| < t) = sqrt(x) (3 - x) / 2
+        assert stats.t_two_sided_p(t, 4) == pytest.approx(1 - math.sqrt(x) * (3 - x) / 2, rel=1e-10)
+    assert stats.t_two_sided_p(2.228138851986274, 10) == pytest.approx(0.05, rel=1e-9)  # t table, 97.5% at df 10
+    t, df, p = stats.welch([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])  # equal variances and sizes: df = 2 (n - 1)
+    assert (t, df) == (pytest.approx(-math.sqrt(1.5)), pytest.approx(4.0))
+    assert p == pytest.approx(stats.t_two_sided_p(math.sqrt(1.5), 4))
+    assert stats.welch([1.0, 1.0], [2.0, 2.0])[2] == 0.0 and stats.welch([1.0, 1.0], [1.0, 1.0])[2] == 1.0
