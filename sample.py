@@ -16,6 +16,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--top-p", type=float, default=1.0, help="sample only from the smallest set with this mass")
     parser.add_argument("--num-samples", type=int, default=1, help="independent samples to print")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same text")
+    parser.add_argument("--window", choices=("exact", "shift"), default="exact",
+                        help="past n_ctx: exact recomputes the window per token; shift (approximate, faster) "
+                             "re-encodes the newest half and keeps caching")
     parser.add_argument("--step", default="latest", help="checkpoint to use: latest, best, or a step number")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> int:
         samples = sampling.generate(
             run.graphdef, run.params, run.cfg.model, prompt, max_new_tokens=args.max_new_tokens,
             num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            seed=args.seed, vocab_size=tok.vocab_size, stop_id=tok.eot_id)
+            seed=args.seed, vocab_size=tok.vocab_size, stop_id=tok.eot_id, window=args.window)
         for i, new in enumerate(samples):
             if i:
                 print("-" * 40)
