@@ -20,11 +20,12 @@ def main(argv: list[str]) -> int:
         args.overrides, args.config = [args.config, *args.overrides], None
 
     def run():
-        from gptjax import trainer  # after parsing, so --help is instant
+        from gptjax import sharding, trainer  # after parsing, so --help is instant
 
+        sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
         cfg = config.load(args.config, args.overrides)
         last = trainer.train(cfg)
-        if "val_loss" in last:
+        if "val_loss" in last and sharding.is_main_process():
             print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {cfg.run.out_dir}")
 
     return errors.run_cli(run, debug=args.debug)

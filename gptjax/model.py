@@ -4,8 +4,9 @@ Dimension key, reused in einsum strings, logical sharding names and array suffix
   B batch   T time (queries)   S time (keys/values)   D model width (n_embd)
   H heads   K head size        F MLP width (4·D)      V vocabulary (n_vocab)
 
-Every parameter carries its logical axis names (`axes=`); sharding.py maps them to the
-device mesh in one table, so nothing here knows about devices.
+Every parameter carries its logical axis names (`axes=`), and the main activations are
+pinned by logical names too (`constrain`); sharding.py maps both to the device mesh in one
+table, so nothing here knows about devices.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
+from gptjax.sharding import constrain
 
 KVCache = list[dict[str, jax.Array]]  # per layer: {"k": k_bshk, "v": v_bshk}
+BTD = ("batch", None, "act_embed")  # logical axes of the residual stream
 
 
 def normal(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float) -> nnx.Param:
@@ -57,8 +60,11 @@ class GPT(nnx.Module):
     def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0):
         T = idx_bt.shape[1]
         positions = jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, T)
-        x_btd = (self.wte_vd[...][idx_bt] + positions).astype(self.dtype)
-        x_btd = self.drop(x_btd, rngs=rngs, deterministic=rngs is None)
+        # Look tokens up in the whole table (gathered, as FSDP does for every weight it uses):
+        # on a split table XLA gathers the batch's activations instead to scatter the gradient.
+        wte_vd = constrain(self.wte_vd[...], ("vocab", None))
+        x_btd = (wte_vd[idx_bt] + positions).astype(self.dtype)
+        x_btd = constrain(self.drop(x_btd, rngs=rngs, deterministic=rngs is None), BTD)
         new_cache = []
         for i, block in enumerate(self.blocks):
             x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos)
@@ -67,8 +73,9 @@ class GPT(nnx.Module):
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
         # Tied weights: W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
-        return jnp.einsum("btd,vd->btv", x_btd, self.wte_vd[...].astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.wte_vd[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        return constrain(logits_btv, ("batch", None, "act_vocab"))
 
 
 class Block(nnx.Module):
@@ -84,7 +91,7 @@ class Block(nnx.Module):
         attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos)
         x_btd = x_btd + self.drop(attn_btd, rngs=rngs, deterministic=deterministic)
         x_btd = x_btd + self.drop(self.mlp(self.ln_2(x_btd)), rngs=rngs, deterministic=deterministic)
-        return x_btd, cache
+        return constrain(x_btd, BTD), cache
 
 
 class Attention(nnx.Module):
@@ -125,7 +132,8 @@ class Attention(nnx.Module):
         return add_bias(out_btd, self.bo_d), cache
 
     def _project(self, x_btd, w_dhk, b_hk):
-        return add_bias(jnp.einsum("btd,dhk->bthk", x_btd, w_dhk[...].astype(self.dtype)), b_hk)
+        y_bthk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, w_dhk[...].astype(self.dtype)), b_hk)
+        return constrain(y_bthk, ("batch", None, "act_heads", None))
 
 
 class MLP(nnx.Module):
@@ -139,7 +147,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd):
         h_btf = add_bias(jnp.einsum("btd,df->btf", x_btd, self.w_up_df[...].astype(self.dtype)), self.b_up_f)
-        h_btf = jax.nn.gelu(h_btf, approximate=True)  # GPT-2's tanh GELU
+        h_btf = constrain(jax.nn.gelu(h_btf, approximate=True), ("batch", None, "act_mlp"))  # GPT-2's tanh GELU
         return add_bias(jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd[...].astype(self.dtype)), self.b_down_d)
 
 

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from gptjax import sharding
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -61,11 +63,16 @@ def eval_step(graphdef, params: nnx.State, x_bt: jax.Array, y_bt: jax.Array) -> 
     return loss_fn(params, graphdef, x_bt, y_bt)
 
 
-def jit_train_step(graphdef, tx, schedule, state_shardings=None):
-    """The jitted step; the incoming state is donated so XLA updates it in place."""
-    return jax.jit(partial(train_step, graphdef, tx, schedule), donate_argnums=0,
+def jit_train_step(graphdef, tx, schedule, state_shardings=None, mesh=None):
+    """The jitted step; the incoming state is donated so XLA updates it in place.
+
+    With a mesh, the step is traced under it so the model's activation constraints apply.
+    """
+    step = partial(train_step, graphdef, tx, schedule)
+    return jax.jit(step if mesh is None else sharding.traced_under(mesh, step), donate_argnums=0,
                    out_shardings=(state_shardings, None) if state_shardings is not None else None)
 
 
-def jit_eval_step(graphdef):
-    return jax.jit(partial(eval_step, graphdef))
+def jit_eval_step(graphdef, mesh=None):
+    step = partial(eval_step, graphdef)
+    return jax.jit(step if mesh is None else sharding.traced_under(mesh, step))

@@ -61,7 +61,7 @@ def build(cfg: Config, mesh) -> Pieces:
                             TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt,
                                        jax.ShapeDtypeStruct((2,), jnp.uint32)), shardings)
     return Pieces(graphdef, shardings, abstract, tx,
-                  jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings), jit_eval_step(graphdef))
+                  jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings, mesh), jit_eval_step(graphdef, mesh))
 
 
 def initial_rng(seed) -> jax.Array:
@@ -121,7 +121,7 @@ def write_run_files(run_dir: Path, cfg: Config, tokenizer) -> None:
 def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params) -> dict[str, float]:
     """Mean loss over fixed batches of each split: the same batches at every evaluation."""
     out = {}
-    rows = sharding.process_rows(cfg.train.micro_batch_size)
+    rows = sharding.process_rows(cfg.train.micro_batch_size, mesh)
     for split in ("train", "val"):
         tokens = ds.split(split)
         losses = []
@@ -138,7 +138,7 @@ def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
     """Step `step`'s batch as [grad_accum, micro_batch, n_ctx], this process's rows only."""
     t = cfg.train
     starts = data.window_starts(len(ds.train), seed=t.seed, step=step, batch_size=t.batch_size, n_ctx=cfg.model.n_ctx)
-    starts = starts.reshape(t.grad_accum, t.micro_batch_size)[:, sharding.process_rows(t.micro_batch_size)]
+    starts = starts.reshape(t.grad_accum, t.micro_batch_size)[:, sharding.process_rows(t.micro_batch_size, mesh)]
     x, y = data.gather(ds.train, starts, cfg.model.n_ctx)
     return sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)
 
@@ -169,13 +169,17 @@ def train(cfg: Config) -> dict:
         source.check_tokenizer(ds.tokenizer)
     run_dir = check_run_dir(cfg)
     pieces = build(cfg, mesh)
-    ckpts = Checkpoints(run_dir, cfg.run.keep_checkpoints) if run_dir.exists() else None
+    existed = run_dir.exists()
+    sharding.sync("run directory checked")  # every process looks before process 0 writes anything
+    # Orbax saves and restores collectively: every process opens, restores and saves alike.
+    ckpts = Checkpoints(run_dir, cfg.run.keep_checkpoints) if existed else None
     start = ckpts.latest_step() if ckpts else None
     if start is not None:  # a started run resumes, whatever train.init_from says
         state = restore_state(ckpts, start, pieces)
     else:
         state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
-    write_run_files(run_dir, cfg, ds.tokenizer)
+    if sharding.is_main_process():
+        write_run_files(run_dir, cfg, ds.tokenizer)
     ckpts = ckpts or Checkpoints(run_dir, cfg.run.keep_checkpoints)
     start = start or 0
     tracker = Tracker(run_dir, cfg, start, cfg.train.steps)
