@@ -140,6 +140,12 @@ class Checkpoints:
         self.manager = self._open()  # the manager caches its step list
         return target
 
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
     def close(self) -> None:
         try:
             self.manager.wait_until_finished()

@@ -17,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from gptjax.errors import UserError
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "shakespeare_char_cpu"
@@ -232,7 +232,7 @@ def _nearest(key: str) -> str:
 def _one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     msg = str(getattr(err, "msg", None) or err).splitlines()[0]
-    if "not in" in msg and key:
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and key:
         return f"unknown config key {key!r}{_nearest(key)}"
     if key:
         return f"bad value for {key}: {msg}"
@@ -245,7 +245,8 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # a ReaderError has no .problem
+        raise ConfigError(f"config file {path}: YAML syntax error{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e}") from None
     raw = raw or {}

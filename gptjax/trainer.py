@@ -128,8 +128,6 @@ def setup(cfg: Config):
     return cfg, ds, mesh
 
 
-
-
 def resume(ckpts: Checkpoints, pieces: Pieces) -> tuple[TrainState | None, int]:
     """The newest checkpoint that restores intact; damaged newer ones are set aside with a warning."""
     damaged = []
@@ -182,7 +180,8 @@ class Loop:
         self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
         self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag on device) not read yet
         self.rolled_back: set[int] = set()  # bad steps already retried once
-        self.skipped = 0
+        self.skipped = 0  # updates skipped since the last log line
+        self.clock = Clock()
 
     def run(self, state: TrainState, start: int) -> dict:
         t, last = self.cfg.train, {}
@@ -191,35 +190,37 @@ class Loop:
             self.tracker.log(0, last)
         elif start >= t.steps:
             self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
-        step, row = start, {}
-        timer, timed_steps = time.perf_counter(), 0
+        step = start
+        self.clock.restart()
         while step < t.steps:
             state, metrics = self.pieces.train_step(state, *train_batch(self.cfg, self.ds, step, self.mesh))
-            step, timed_steps = step + 1, timed_steps + 1
+            step += 1
             self.pending.append((step, metrics.pop("finite")))
             self.tracker.advance()
-            if step == start + 1:  # the first step compiles: time it apart from the throughput
-                jax.block_until_ready(state)
-                row, timer, timed_steps = {"compile_s": time.perf_counter() - timer}, time.perf_counter(), 0
+            self.clock.tick(state, first=step == start + 1)
             is_eval = step % t.eval_every == 0 or step == t.steps
-            is_save = is_eval or step % t.save_every == 0
-            if not (is_save or step % t.log_every == 0):
+            is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
+            if not (is_log or is_save):
                 continue
             state, back = self.check(state, step)
             if back is not None:  # rolled back: train those steps again
-                step, row, timer, timed_steps = back, {}, time.perf_counter(), 0
+                step = back
+                self.clock.restart()
                 continue
-            if step % t.log_every == 0 or is_eval:
-                row = {"step": step, **row, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
-                row |= {"tokens_per_sec": timed_steps * self.cfg.tokens_per_step / (time.perf_counter() - timer)
-                        } if timed_steps else {}
-                row |= self.eval_row(state, step) if is_eval else {}
-                row |= {"skipped_steps": self.skipped} if self.skipped else {}
-                self.tracker.log(step, row)  # before the save: a kill between them drops the line on resume
-                last, row, timer, timed_steps, self.skipped = row, {}, time.perf_counter(), 0, 0
+            if is_log:  # before the save: a kill between the two drops this line on resume
+                last = self.log(state, step, metrics, is_eval)
             if is_save:
                 save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
         return last
+
+    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
+        row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
+               **self.clock.read(self.cfg.tokens_per_step)}
+        row |= self.eval_row(state, step) if is_eval else {}
+        row |= {"skipped_steps": self.skipped} if self.skipped else {}
+        self.skipped = 0
+        self.tracker.log(step, row)
+        return row
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         return evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params)
@@ -244,7 +245,7 @@ class Loop:
             f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "")
         if mode == "skip":  # the jitted step already kept the old state for these steps
             self.skipped += len(bad)
-            self.tracker.message(f"warning: {what}; update skipped (train.on_nonfinite=skip)")
+            self.tracker.message(f"warning: {what}; update{'s' if len(bad) > 1 else ''} skipped (train.on_nonfinite=skip)")
             return state, None
         self.ckpts.manager.wait_until_finished()
         newest = self.ckpts.latest_step()
@@ -254,10 +255,36 @@ class Loop:
             self.tracker.message(f"warning: {what}; rolling back to step {newest or 0} (train.on_nonfinite=rollback)")
             self.tracker.rewind(newest or 0)
             return state, newest or 0
-        again = " again after rolling back to the step before" if mode == "rollback" else ""
+        again = f" again after rolling back to step {newest or 0}" if mode == "rollback" else ""
         kept = f"the newest checkpoint is step {newest}, from before it" if newest else "no checkpoint was saved"
         raise TrainingError(f"{what}{again}; training stopped and {kept}; lower train.lr, raise "
                             f"train.warmup_steps, or set train.on_nonfinite=skip")
+
+
+class Clock:
+    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
+
+    def __init__(self):
+        self.restart()
+        self.compile_s = None
+
+    def restart(self) -> None:
+        self.since, self.steps = time.perf_counter(), 0
+
+    def tick(self, state: TrainState, first: bool) -> None:
+        self.steps += 1
+        if first:
+            jax.block_until_ready(state)
+            self.compile_s = time.perf_counter() - self.since
+            self.restart()
+
+    def read(self, tokens_per_step: int) -> dict[str, float]:
+        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
+        if self.steps:
+            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
+        self.compile_s = None
+        self.restart()
+        return row
 
 
 def save(ckpts: Checkpoints, cfg: Config, state: TrainState, step: int, row: dict) -> None:
