@@ -115,3 +115,14 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(killed, capsys):
     assert re.search(f"checkpoints/{STEPS} (is damaged|cannot be restored).*resuming from step {STEPS - 2} instead", err)
     assert (whole / "checkpoints-damaged" / str(STEPS)).is_dir()
     assert same(final_state(whole), final_state(part))
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tiny, tmp_path):
+    from gptjax.tracking import Tracker
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {i}, "train_loss": 1.0}}\n' for i in range(4))
+                                       + '{"step": 4, "train_lo')
+    Tracker(run, tiny(), start_step=2, total_steps=10).close()
+    assert [r["step"] for r in read_metrics(run)] == [0, 1, 2]
