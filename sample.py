@@ -1,13 +1,12 @@
 """Sample text from a trained run: python sample.py RUN_DIR [--prompt TEXT] [--temperature T] ..."""
 
-import argparse
 import sys
 
 from gptjax import errors
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = errors.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", help="a run directory written by train.py")
     parser.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample")
@@ -26,12 +25,13 @@ def main(argv: list[str]) -> int:
     def run():
         from gptjax import runs, sampling
 
-        run = runs.load(args.run_dir, args.step)
-        tok = run.tokenizer
+        # Flags and prompt are checked against the run's tokenizer before any weights load.
+        _, tok = runs.read_files(args.run_dir)
         sampling.check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
                                vocab_size=tok.vocab_size)
         prompt = tok.encode(args.prompt) if args.prompt else tok.bos_ids
+        run = runs.load(args.run_dir, args.step)
         samples = sampling.generate(
             run.graphdef, run.params, run.cfg.model, prompt, max_new_tokens=args.max_new_tokens,
             num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

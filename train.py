@@ -10,7 +10,7 @@ from gptjax import config, errors
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config.help_text())
     parser.add_argument("config", nargs="?", help=f"config file or preset name (default: {config.DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings, e.g. model.n_layer=4")
@@ -20,10 +20,11 @@ def main(argv: list[str]) -> int:
         args.overrides, args.config = [args.config, *args.overrides], None
 
     def run():
-        from gptjax import sharding, trainer  # after parsing, so --help is instant
+        cfg = config.load(args.config, args.overrides)
+        from gptjax import sharding, trainer  # JAX loads only after the config checks out, so a typo fails at once
 
         sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
-        cfg = config.load(args.config, args.overrides)
+
         last = trainer.train(cfg)
         if "val_loss" in last and sharding.is_main_process():
             print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {cfg.run.out_dir}")

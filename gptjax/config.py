@@ -17,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from gptjax.errors import UserError
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "shakespeare_char_cpu"
@@ -116,6 +116,8 @@ class TrainConfig:
     grad_clip: float = _field(1.0, "global gradient-norm clip; 0 disables")
     seed: int = _field(1337, "seed for init, data order and dropout")
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
+    checkpoint_every: int | None = _field(None, "also checkpoint every this many steps; default: eval_every")
+    on_nonfinite: str = _field("stop", "on a non-finite loss or gradient: stop | skip (the update) | rollback")
     eval_batches: int = _field(20, "fixed batches per split for each evaluation")
     log_every: int = _field(10, "write a metrics.jsonl line every this many steps")
     init_from: str = _field("", "fine-tune: start from a run dir, HF GPT-2 folder or gpt2[-medium|-large|-xl]")
@@ -123,6 +125,10 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+        _check(self.checkpoint_every is None or self.checkpoint_every > 0,
+               f"train.checkpoint_every must be positive, got {self.checkpoint_every}")
+        _check(self.on_nonfinite in ("stop", "skip", "rollback"),
+               f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
         _check(self.batch_size % self.grad_accum == 0,
                f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -140,6 +146,10 @@ class TrainConfig:
     @property
     def decay_steps(self) -> int:
         return self.lr_decay_steps or self.steps
+
+    @property
+    def save_every(self) -> int:
+        return self.checkpoint_every or self.eval_every
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +235,7 @@ def _nearest(key: str) -> str:
 def _one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     msg = str(getattr(err, "msg", None) or err).splitlines()[0]
-    if "not in" in msg and key:
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and key:
         return f"unknown config key {key!r}{_nearest(key)}"
     if key:
         return f"bad value for {key}: {msg}"
@@ -238,7 +248,8 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # a ReaderError has no .problem
+        raise ConfigError(f"config file {path}: YAML syntax error{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e}") from None
     raw = raw or {}

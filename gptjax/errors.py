@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import warnings
 from typing import Callable
 
 
 class UserError(ValueError):
     """Bad input from the user (config, data, run directory, checkpoint, flags)."""
 
+    def __init__(self, message: str):
+        # Always one line: a key, value or path the user typed may hold a newline or a
+        # control character, and is shown escaped rather than breaking the line.
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
 
 def run_cli(main: Callable[[], None], debug: bool = False) -> int:
     """Run an entry point: user errors become one line on stderr and exit code 2."""
     # orbax logs routine notices through absl at WARNING; a user only needs errors.
     logging.getLogger("absl").setLevel(logging.ERROR)
+    if not debug:
+        _hide_leftovers_of_failed_reads()
     try:
         main()
         return 0
@@ -26,3 +35,29 @@ def run_cli(main: Callable[[], None], debug: bool = False) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _hide_leftovers_of_failed_reads() -> None:
+    """When orbax fails to read a damaged checkpoint, its other reads still in flight fail
+    later, in other threads and at exit, each printing pages of TensorStore detail after the
+    one line that matters. Drop exactly those; anything else reaches the default hook."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if ("Event loop is closed" in str(unraisable.exc_value)
+                or (code is not None and "orbax" in code.co_filename)):
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+    warnings.filterwarnings("ignore", message="coroutine '_read_array_index_and_device_put' was never awaited")
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error:` line (exit 2) like every other user error, not a usage dump."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)

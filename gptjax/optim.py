@@ -9,6 +9,8 @@ from gptjax.config import TrainConfig
 
 
 def schedule(cfg: TrainConfig) -> optax.Schedule:
+    if cfg.decay_steps <= cfg.warmup_steps:  # a run shorter than its warmup (a smoke test) never decays
+        return optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
         decay_steps=cfg.decay_steps, end_value=cfg.min_lr)

@@ -1,8 +1,13 @@
-"""Reading a run directory back: its config, tokenizer and a checkpoint's parameters."""
+"""Run directories: the checks before training writes to one, its files, and reading it back."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -12,9 +17,75 @@ from flax import nnx
 from gptjax import config as config_lib
 from gptjax import tokenizer as tokenizers
 from gptjax.checkpoint import CheckpointError, Checkpoints
+from gptjax.errors import UserError
 from gptjax.model import GPT
-from gptjax.trainer import CONFIG_FILE, TOKENIZER_FILE
 
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class RunError(UserError):
+    """A run directory or setup that cannot be used as asked; the message says how to fix it."""
+
+
+# ---------------------------------------------------------------------------
+# Before training: nothing is written until all of these pass.
+
+def check_run_dir(cfg: config_lib.Config) -> Path:
+    """The run directory, checked before anything is written: writable, and holding this model if any."""
+    run_dir = Path(cfg.run.out_dir)
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        old, new = _read_config_tree(run_dir), cfg.to_dict()
+        for section, keys in (("model", None), ("data", ("source", "tokenizer", "val_fraction", "text_field"))):
+            for key in keys or new[section]:
+                if old.get(section, {}).get(key) != new[section][key]:
+                    raise RunError(f"{run_dir} holds a run with {section}.{key}={old.get(section, {}).get(key)!r}, "
+                                   f"but this config says {new[section][key]!r}; use another run.out_dir to start a new run")
+    check_writable(run_dir)
+    return run_dir
+
+
+def check_writable(run_dir: Path) -> None:
+    """Try to write where the run will go, leaving no trace (an unnamed temporary file)."""
+    probe = run_dir if run_dir.exists() else next(p for p in run_dir.absolute().parents if p.exists())
+    fix = "set run.out_dir to a folder you can write"
+    if not probe.is_dir():
+        raise RunError(f"run directory {run_dir} cannot be made: {probe} is a file, not a folder; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise RunError(f"run directory {run_dir} is not writable ({e.strerror or e} in {probe}); {fix}") from None
+
+
+def check_disk_space(run_dir: Path, state_bytes: int, keep: int) -> None:
+    """Room for the checkpoints this run will hold at once: `keep` latest, the best, one being written."""
+    existing = len([p for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]) if run_dir.exists() else 0
+    need = max(0, keep + 2 - existing) * state_bytes
+    probe = run_dir if run_dir.exists() else next(p for p in run_dir.absolute().parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise RunError(f"not enough disk space in {probe} for this run's checkpoints: each takes about "
+                       f"{_size(state_bytes)} and up to {keep + 2} exist at once ({_size(need)} needed, "
+                       f"{_size(free)} free); free some space, lower run.keep_checkpoints, or set run.out_dir elsewhere")
+
+
+def _size(n: int) -> str:
+    exp = min(int(math.log(max(n, 1), 1024)), 4)
+    return f"{n / 1024 ** exp:.1f} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[exp]}"
+
+
+def write_run_files(run_dir: Path, cfg: config_lib.Config, tokenizer) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in ((CONFIG_FILE, cfg.to_yaml()), (TOKENIZER_FILE, json.dumps(tokenizer.to_json()))):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / name)  # atomic: a kill never leaves half a file
+
+
+# ---------------------------------------------------------------------------
+# Reading a run back
 
 @dataclasses.dataclass
 class Run:
@@ -29,18 +100,39 @@ class Run:
         return nnx.merge(self.graphdef, self.params)
 
 
+def _read_config_tree(run_dir: Path) -> dict:
+    try:
+        tree = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunError(f"{run_dir / CONFIG_FILE} is damaged ({str(e).splitlines()[0]}); "
+                       f"restore it or use another run.out_dir") from None
+    if not isinstance(tree, dict):
+        raise RunError(f"{run_dir / CONFIG_FILE} is damaged (not a mapping); restore it or use another run.out_dir")
+    return tree
+
+
+def read_files(run_dir: str | Path) -> tuple[config_lib.Config, object]:
+    """The run's config and tokenizer: cheap, so a sampler can check its flags before loading weights."""
+    run_dir = Path(run_dir)
+    return load_config(run_dir), tokenizers.load(run_dir / TOKENIZER_FILE)
+
+
 def load(run_dir: str | Path, step: int | str | None = None) -> Run:
     """The run's parameters at `step` (default: latest; "best": lowest val loss), on the default device."""
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    tokenizer = tokenizers.load(run_dir / TOKENIZER_FILE)
+    cfg, tokenizer = read_files(run_dir)
     ckpts = Checkpoints(run_dir, read_only=True)
     try:
         step = _pick_step(ckpts, step, run_dir)
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-        params, _, meta = ckpts.restore(step, abstract)
+        try:
+            params, _, meta = ckpts.restore(step, abstract)
+        except CheckpointError as e:
+            others = [s for s in ckpts.steps() if s != step]
+            hint = f"; try --step {others[-1]} (this run also has {', '.join(map(str, others))})" if others else ""
+            raise CheckpointError(f"{e}{hint}") from None
     finally:
         ckpts.close()
     return Run(cfg, tokenizer, graphdef, params, step, meta)
@@ -53,9 +145,9 @@ def load_config(run_dir: str | Path) -> config_lib.Config:
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                               f"give the out_dir of a train.py run")
     try:
-        return config_lib.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE} is damaged: {str(e).splitlines()[0]}") from None
+        return config_lib.from_dict(_read_config_tree(run_dir))
+    except config_lib.ConfigError as e:
+        raise RunError(f"{run_dir / CONFIG_FILE} is damaged: {e}") from None
 
 
 def _pick_step(ckpts: Checkpoints, step, run_dir: Path) -> int:
@@ -66,6 +158,8 @@ def _pick_step(ckpts: Checkpoints, step, run_dir: Path) -> int:
         return max(steps)
     if step == "best":
         return ckpts.best_step() or max(steps)
+    if not str(step).isdigit():
+        raise CheckpointError(f"--step must be latest, best or a step number, got {step!r}")
     if int(step) not in steps:
         raise CheckpointError(f"{run_dir} has no checkpoint at step {step}; it has {', '.join(map(str, steps))}")
     return int(step)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from gptjax import config, errors, grid
+from gptjax import errors, grid
 from gptjax.config import Config
 from gptjax.errors import UserError
 

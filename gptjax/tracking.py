@@ -18,23 +18,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: its step is trained again
+            continue
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, start_step: int, total_steps: int):
+    def __init__(self, run_dir: Path, cfg, start_step: int, total_steps: int, resumed: bool = True):
+        """`resumed`: start_step's line comes from a restored checkpoint and stays (a fresh run logs step 0 anew)."""
         self.active = jax.process_index() == 0
         self.path = Path(run_dir) / METRICS_FILE
-        self.bar = self.wandb = None
+        self.bar = self.wandb = self.file = None
         if not self.active:
             return
-        # Steps after the restored checkpoint will be trained again: drop their old lines
-        # so metrics.jsonl never holds a step twice.
-        kept = [m for m in read_metrics(run_dir) if m["step"] <= start_step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        os.replace(tmp, self.path)
-        self.file = open(self.path, "a", buffering=1)
+        self.rewind(start_step if resumed else start_step - 1)
         if cfg.run.progress:
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
         if cfg.run.wandb != "off":
@@ -43,6 +44,21 @@ class Tracker:
             self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb, config=cfg.to_dict(),
                                     group=cfg.run.wandb_group or None, dir=str(run_dir), name=_wandb_name(run_dir, cfg),
                                     id=_wandb_id(run_dir), resume="allow")
+
+    def rewind(self, step: int) -> None:
+        """Drop the lines after `step`: they will be trained again, and metrics.jsonl never holds a step twice."""
+        if not self.active:
+            return
+        if self.file is not None:
+            self.file.close()
+        kept = [m for m in read_metrics(self.path.parent) if m["step"] <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        os.replace(tmp, self.path)  # atomic: a kill here leaves the old file or the new one
+        self.file = open(self.path, "a", buffering=1)
+        if self.bar is not None:
+            self.bar.n = max(step, 0)
+            self.bar.refresh()
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.active:

@@ -1,32 +1,35 @@
-"""The training loop: data, model and optimizer from a config; restore or init; train, evaluate, checkpoint."""
+"""The training loop: data, model and optimizer from a config; restore or init; train, evaluate, checkpoint.
+
+Every step is checked for a non-finite loss, gradient or parameter. The flags stay on the
+device until a log or checkpoint step reads them all at once, so the host never waits on
+the device just to check; the step named is still the one where the problem appeared,
+and a checkpoint is only written after every step before it has been checked.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
+import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from flax import nnx
 
 from gptjax import data, optim, sharding
-from gptjax.checkpoint import Checkpoints
+from gptjax.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
 from gptjax.config import Config, ConfigError
 from gptjax.errors import UserError
 from gptjax.model import GPT
+from gptjax.runs import RunError, check_disk_space, check_run_dir, write_run_files  # noqa: F401 (trainer.RunError)
 from gptjax.tracking import Tracker
 from gptjax.train_step import TrainState, jit_eval_step, jit_train_step
 
-CONFIG_FILE = "config.yaml"
-TOKENIZER_FILE = "tokenizer.json"
 
-
-class RunError(UserError):
-    """A run directory or setup that cannot be used as asked; the message says how to fix it."""
+class TrainingError(UserError):
+    """Training cannot go on as configured (a non-finite loss or gradient); the message names the step."""
 
 
 def resolve_vocab(cfg: Config, data_vocab: int) -> Config:
@@ -61,7 +64,8 @@ def build(cfg: Config, mesh) -> Pieces:
                             TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt,
                                        jax.ShapeDtypeStruct((2,), jnp.uint32)), shardings)
     return Pieces(graphdef, shardings, abstract, tx,
-                  jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings, mesh), jit_eval_step(graphdef, mesh))
+                  jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings, mesh,
+                                 skip_nonfinite=cfg.train.on_nonfinite == "skip"), jit_eval_step(graphdef, mesh))
 
 
 def initial_rng(seed) -> jax.Array:
@@ -79,6 +83,12 @@ def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> 
     return jax.jit(init, out_shardings=pieces.state_shardings)(np.int64(cfg.train.seed), params)
 
 
+def state_bytes(pieces: Pieces) -> int:
+    """What one checkpoint of this model takes on disk (parameters and optimizer state, uncompressed)."""
+    leaves = jax.tree.leaves((pieces.abstract_state.params, pieces.abstract_state.opt_state))
+    return sum(math.prod(a.shape) * a.dtype.itemsize for a in leaves)
+
+
 def restore_state(ckpts: Checkpoints, step: int, pieces: Pieces) -> TrainState:
     abstract = pieces.abstract_state
     # A converted checkpoint (gptjax.convert) holds weights only: training starts a fresh optimizer on them.
@@ -88,34 +98,6 @@ def restore_state(ckpts: Checkpoints, step: int, pieces: Pieces) -> TrainState:
         opt_state = jax.jit(pieces.tx.init, out_shardings=pieces.state_shardings.opt_state)(params)
     rng = jax.device_put(np.asarray(meta["rng"], np.uint32), pieces.state_shardings.rng)
     return TrainState(jax.device_put(jnp.int32(meta["step"]), pieces.state_shardings.step), params, opt_state, rng)
-
-
-def check_run_dir(cfg: Config) -> Path:
-    """The run directory, checked before anything is written: writable, and holding this model if any."""
-    run_dir = Path(cfg.run.out_dir)
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        new = cfg.to_dict()
-        for section, keys in (("model", None), ("data", ("source", "tokenizer", "val_fraction", "text_field"))):
-            for key in keys or new[section]:
-                if old.get(section, {}).get(key) != new[section][key]:
-                    raise RunError(f"{run_dir} holds a run with {section}.{key}={old[section].get(key)!r}, but this "
-                                   f"config says {new[section][key]!r}; use another run.out_dir to start a new run")
-    probe = run_dir if run_dir.exists() else next(p for p in run_dir.absolute().parents if p.exists())
-    if not os.access(probe, os.W_OK) or (run_dir.exists() and not run_dir.is_dir()):
-        raise RunError(f"run directory {run_dir} is not writable; set run.out_dir to a folder you can write")
-    return run_dir
-
-
-def write_run_files(run_dir: Path, cfg: Config, tokenizer) -> None:
-    import json
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in ((CONFIG_FILE, cfg.to_yaml()), (TOKENIZER_FILE, json.dumps(tokenizer.to_json()))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
 
 
 def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params) -> dict[str, float]:
@@ -156,6 +138,31 @@ def setup(cfg: Config):
     return cfg, ds, mesh
 
 
+def resume(ckpts: Checkpoints, pieces: Pieces) -> tuple[TrainState | None, int]:
+    """The newest checkpoint that restores intact; damaged newer ones are set aside with a warning."""
+    damaged = []
+    for step in reversed(ckpts.steps()):
+        try:
+            state = restore_state(ckpts, step, pieces)
+        except CheckpointError as e:
+            damaged.append((step, e))
+            continue
+        if damaged:
+            where = ckpts.set_aside([s for s, _ in damaged])
+            for _, e in damaged:
+                _warn(f"{e}; resuming from step {step} instead (the damaged one is kept in {where})")
+        return state, step
+    if damaged:
+        raise CheckpointError(f"{damaged[0][1]}; no checkpoint of this run restores: move {ckpts.directory} "
+                              f"aside to train from scratch, or use another run.out_dir") from None
+    return None, 0
+
+
+def _warn(text: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {text}", file=sys.stderr)
+
+
 def train(cfg: Config) -> dict:
     """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
     source = None
@@ -169,58 +176,138 @@ def train(cfg: Config) -> dict:
         source.check_tokenizer(ds.tokenizer)
     run_dir = check_run_dir(cfg)
     pieces = build(cfg, mesh)
-    existed = run_dir.exists()
+    check_disk_space(run_dir, state_bytes(pieces), cfg.run.keep_checkpoints)
+    existed = (run_dir / CHECKPOINT_DIR).is_dir()
     sharding.sync("run directory checked")  # every process looks before process 0 writes anything
     # Orbax saves and restores collectively: every process opens, restores and saves alike.
     ckpts = Checkpoints(run_dir, cfg.run.keep_checkpoints) if existed else None
-    start = ckpts.latest_step() if ckpts else None
-    if start is not None:  # a started run resumes, whatever train.init_from says
-        state = restore_state(ckpts, start, pieces)
-    else:
+    state, start = resume(ckpts, pieces) if ckpts else (None, 0)
+    resumed = state is not None
+    if not resumed:  # a started run resumes, whatever train.init_from says
         state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
     if sharding.is_main_process():
         write_run_files(run_dir, cfg, ds.tokenizer)
     ckpts = ckpts or Checkpoints(run_dir, cfg.run.keep_checkpoints)
-    start = start or 0
-    tracker = Tracker(run_dir, cfg, start, cfg.train.steps)
+    tracker = Tracker(run_dir, cfg, start, cfg.train.steps, resumed=resumed)
     try:
-        return _loop(cfg, ds, mesh, pieces, ckpts, tracker, state, start)
+        return Loop(cfg, ds, mesh, pieces, ckpts, tracker).run(state, start)
     finally:
         ckpts.close()
         tracker.close()
 
 
-def _loop(cfg, ds, mesh, pieces, ckpts, tracker, state, start) -> dict:
-    t = cfg.train
-    row, last = {}, {}
-    if start == 0:
-        last = {"step": 0, **evaluate(cfg, ds, mesh, pieces.eval_step, state.params)}
-        tracker.log(0, last)
-    elif start >= t.steps:
-        tracker.message(f"{cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
-    timer, timed_steps = time.perf_counter(), 0
-    for step in range(start, t.steps):
-        x, y = train_batch(cfg, ds, step, mesh)
-        state, metrics = pieces.train_step(state, x, y)
-        done, timed_steps = step + 1, timed_steps + 1
-        tracker.advance()
-        is_eval = done % t.eval_every == 0 or done == t.steps
-        if step == start:  # the first step compiles: time it apart from the throughput
+class Loop:
+    """Steps from a state to cfg.train.steps: log, evaluate, checkpoint, and act on non-finite steps."""
+
+    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker):
+        self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
+        self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag on device) not read yet
+        self.rolled_back: set[int] = set()  # bad steps already retried once
+        self.skipped = 0  # updates skipped since the last log line
+        self.clock = Clock()
+
+    def run(self, state: TrainState, start: int) -> dict:
+        t, last = self.cfg.train, {}
+        if start == 0:
+            last = {"step": 0, **self.evaluate(state)}
+            self.tracker.log(0, last)
+        elif start >= t.steps:
+            self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
+        step = start
+        self.clock.restart()
+        while step < t.steps:
+            state, metrics = self.pieces.train_step(state, *train_batch(self.cfg, self.ds, step, self.mesh))
+            step += 1
+            self.pending.append((step, metrics.pop("finite")))
+            self.tracker.advance()
+            self.clock.tick(state, first=step == start + 1)
+            is_eval = step % t.eval_every == 0 or step == t.steps
+            is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
+            if not (is_log or is_save):
+                continue
+            state, back = self.check(state, step)
+            if back is not None:  # rolled back: train those steps again
+                step = back
+                self.clock.restart()
+                continue
+            if is_log:  # before the save: a kill between the two drops this line on resume
+                last = self.log(state, step, metrics, is_eval)
+            if is_save:
+                save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
+        return last
+
+    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
+        row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
+               **self.clock.read(self.cfg.tokens_per_step)}
+        row |= self.eval_row(state, step) if is_eval else {}
+        row |= {"skipped_steps": self.skipped} if self.skipped else {}
+        self.skipped = 0
+        self.tracker.log(step, row)
+        return row
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        return evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params)
+
+    def eval_row(self, state: TrainState, step: int) -> dict[str, float]:
+        row = {k.replace("train_loss", "eval_train_loss"): v for k, v in self.evaluate(state).items()}
+        self.tracker.message(f"step {step}: train loss {row['eval_train_loss']:.4f}, val loss {row['val_loss']:.4f}")
+        return row
+
+    def check(self, state: TrainState, step: int) -> tuple[TrainState, int | None]:
+        """Read the pending finite flags; on a bad step act as train.on_nonfinite says.
+
+        Returns the state to go on with and, after a rollback, the step it is at.
+        """
+        flags = jax.device_get([flag for _, flag in self.pending])
+        bad = [s for (s, _), ok in zip(self.pending, flags) if not ok]
+        self.pending = []
+        if not bad:
+            return state, None
+        mode = self.cfg.train.on_nonfinite
+        what = f"non-finite loss or gradients at step {bad[0]}" + (
+            f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "")
+        if mode == "skip":  # the jitted step already kept the old state for these steps
+            self.skipped += len(bad)
+            self.tracker.message(f"warning: {what}; update{'s' if len(bad) > 1 else ''} skipped (train.on_nonfinite=skip)")
+            return state, None
+        self.ckpts.manager.wait_until_finished()
+        newest = self.ckpts.latest_step()
+        if mode == "rollback" and bad[0] not in self.rolled_back:
+            self.rolled_back.add(bad[0])
+            state = restore_state(self.ckpts, newest, self.pieces) if newest else init_state(self.cfg, self.pieces)
+            self.tracker.message(f"warning: {what}; rolling back to step {newest or 0} (train.on_nonfinite=rollback)")
+            self.tracker.rewind(newest or 0)
+            return state, newest or 0
+        again = f" again after rolling back to step {newest or 0}" if mode == "rollback" else ""
+        kept = f"the newest checkpoint is step {newest}, from before it" if newest else "no checkpoint was saved"
+        raise TrainingError(f"{what}{again}; training stopped and {kept}; lower train.lr, raise "
+                            f"train.warmup_steps, or set train.on_nonfinite=skip")
+
+
+class Clock:
+    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
+
+    def __init__(self):
+        self.restart()
+        self.compile_s = None
+
+    def restart(self) -> None:
+        self.since, self.steps = time.perf_counter(), 0
+
+    def tick(self, state: TrainState, first: bool) -> None:
+        self.steps += 1
+        if first:
             jax.block_until_ready(state)
-            row = {"compile_s": time.perf_counter() - timer}
-            timer, timed_steps = time.perf_counter(), 0
-        if done % t.log_every == 0 or is_eval:
-            row = {"step": done, **row, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
-            if timed_steps:
-                row["tokens_per_sec"] = timed_steps * cfg.tokens_per_step / (time.perf_counter() - timer)
-            if is_eval:
-                row |= {k.replace("train_loss", "eval_train_loss"): v
-                        for k, v in evaluate(cfg, ds, mesh, pieces.eval_step, state.params).items()}
-                save(ckpts, cfg, state, done, row)
-                tracker.message(f"step {done}: train loss {row['eval_train_loss']:.4f}, val loss {row['val_loss']:.4f}")
-            tracker.log(done, row)
-            last, row, timer, timed_steps = row, {}, time.perf_counter(), 0
-    return last
+            self.compile_s = time.perf_counter() - self.since
+            self.restart()
+
+    def read(self, tokens_per_step: int) -> dict[str, float]:
+        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
+        if self.steps:
+            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
+        self.compile_s = None
+        self.restart()
+        return row
 
 
 def save(ckpts: Checkpoints, cfg: Config, state: TrainState, step: int, row: dict) -> None:

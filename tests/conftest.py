@@ -1,15 +1,29 @@
 """Shared fixtures: a session-wide data cache, tiny configs in temporary run directories."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 
 from gptjax import config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One compilation cache for the session, shared by the tests and the CLI processes they
+# start: the tiny preset's step then compiles once, not once per test and per process.
+# It is set before any test compiles, and removed with the session.
+_JAX_CACHE = tempfile.mkdtemp(prefix="gptjax-test-jax-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+for key, value in (("jax_compilation_cache_dir", _JAX_CACHE), ("jax_persistent_cache_min_compile_time_secs", 0),
+                   ("jax_persistent_cache_min_entry_size_bytes", 0)):
+    jax.config.update(key, value)
+    os.environ[key.upper()] = str(value)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -45,14 +45,10 @@ def test_derived_sizes_are_properties():
     assert cfg.tokens_per_step == 8 * cfg.model.n_ctx
 
 
+# Unknown keys, wrong types, bad sizes and n_embd % n_head are in tests/test_bad_input.py, through the CLI.
 @pytest.mark.parametrize("overrides, message", [
-    (["model.n_head=5"], "model.n_embd=32 is not divisible by model.n_head=5"),
-    (["model.n_layr=2"], "unknown config key 'model.n_layr'; did you mean model.n_layer?"),
     (["modle.n_layer=2"], "unknown config key 'modle.n_layer'"),
-    (["model.n_layer=two"], "bad value for model.n_layer"),
     (["model.n_layer=2.5"], "bad value for model.n_layer"),
-    (["model.n_layer=0"], "model.n_layer must be positive"),
-    (["model.n_embd=-8"], "model.n_embd must be positive"),
     (["train.batch_size=10", "train.grad_accum=4"], "train.batch_size=10 is not divisible by train.grad_accum=4"),
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     (["data.tokenizer=bpe"], "data.tokenizer must be char or gpt2"),
@@ -67,12 +63,8 @@ def test_bad_overrides_fail_with_one_clear_line(overrides, message):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(ConfigError, match="not found; give a path or one of the presets"):
-        config.load(str(tmp_path / "nope.yaml"))
+    # A missing file and a YAML syntax error are in tests/test_bad_input.py, through the CLI.
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  n_layer: [1,\n")
-    with pytest.raises(ConfigError, match="YAML syntax error at line"):
-        config.load(str(bad))
     bad.write_text("modell:\n  n_layer: 2\n")
     with pytest.raises(ConfigError, match="unknown section 'modell'"):
         config.load(str(bad))

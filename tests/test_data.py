@@ -73,19 +73,7 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert (a + 16 < len(tokens)).all()
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "not found"),
-    ("", "is empty"),
-    (b"\xff\xfe not utf8", "is not UTF-8 text"),
-])
-def test_bad_sources(tmp_path, content, message):
-    path = tmp_path / "bad.txt"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
-    with pytest.raises(DataError, match=message):
-        data.prepare(DataConfig(source=str(path), cache_dir=str(tmp_path / "cache")))
+# Missing, empty, non-UTF-8 and too-short datasets are in tests/test_bad_input.py, through the CLI.
 
 
 def test_missing_column_and_unsupported_type(tmp_path):
@@ -97,11 +85,3 @@ def test_missing_column_and_unsupported_type(tmp_path):
     (tmp_path / "d.csv").write_text("text\nhi\n")
     with pytest.raises(DataError, match="unsupported type '.csv'"):
         data.prepare(DataConfig(source=str(tmp_path / "d.csv")))
-
-
-def test_dataset_shorter_than_a_window(tmp_path):
-    path = tmp_path / "short.txt"
-    path.write_text("too short for a window")
-    ds = data.prepare(DataConfig(source=str(path), cache_dir=str(tmp_path / "c")))
-    with pytest.raises(DataError, match="fewer than model.n_ctx"):
-        data.check_fits(ds, 64)
