@@ -55,7 +55,7 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
     abstract = nnx.state(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
     meta = {"step": 0, "rng": np.asarray(trainer.initial_rng(cfg.train.seed)).tolist(), "config": cfg.to_dict(),
             "val_loss": None, "train_loss": None, "opt_state": False, "converted_from": str(spec)}
-    trainer.write_run_files(run_dir, cfg, tok)
+    runs.write_run_files(run_dir, cfg, tok)
     ckpts = Checkpoints(run_dir)
     try:
         ckpts.save(0, as_state(abstract, params), None, meta, None)
@@ -68,7 +68,7 @@ def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -
     """Write a run's checkpoint as config.json + model.safetensors for transformers' GPT2LMHeadModel."""
     run = runs.load(run_dir, step)
     out = Path(out)
-    if (out / trainer.CONFIG_FILE).exists():
+    if (out / runs.CONFIG_FILE).exists():
         raise ConvertError(f"{out} is a gptjax run directory; give a separate OUT folder for the Hugging Face files")
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(run.params))
     hf.write(out, run.cfg.model, params, run.tokenizer.eot_id)
@@ -116,9 +116,9 @@ class Source:
 def open_source(spec: str) -> Source:
     """A gptjax run directory, a local Hugging Face GPT-2 folder, or a hub name (needs network)."""
     path = Path(spec).expanduser()
-    if (path / trainer.CONFIG_FILE).is_file():
+    if (path / runs.CONFIG_FILE).is_file():
         cfg = runs.load_config(path)
-        return Source(spec, cfg.model, tokenizers.load(path / trainer.TOKENIZER_FILE),
+        return Source(spec, cfg.model, tokenizers.load(path / runs.TOKENIZER_FILE),
                       lambda: nnx.to_pure_dict(runs.load(path).params))
     src = hf.locate(spec)
     model_cfg = hf.model_config(hf.load_config(src), src)
