@@ -18,8 +18,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from gptjax import config as config_lib
 from gptjax import errors
@@ -83,7 +81,7 @@ def bench_train(cfg, steps: int) -> dict:
 
 
 def bench_eval(cfg, steps: int) -> dict:
-    from gptjax import sharding, trainer
+    from gptjax import trainer
 
     cfg, ds, mesh = trainer.setup(cfg)
     pieces = trainer.build(cfg, mesh)
@@ -93,7 +91,6 @@ def bench_eval(cfg, steps: int) -> dict:
     step, compile_s = compiled(pieces.eval_step, state.params, x, y)
     ms = median_ms(lambda: step(state.params, x, y), steps)
     tokens = cfg.train.micro_batch_size * cfg.model.n_ctx
-    del sharding
     return row(cfg, "eval_step", ms, compile_s, tokens=tokens, flops_per_token=cfg.model.flops_per_token() // 3)
 
 
@@ -170,6 +167,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    jnp.zeros(())  # initialise the backend before timing anything
-    np.set_printoptions(precision=4)
     sys.exit(main(sys.argv[1:]))

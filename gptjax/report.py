@@ -15,14 +15,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from gptjax import config, grid
+from gptjax import config, grid, runs
 from gptjax.errors import UserError
 from gptjax.stats import welch
 from gptjax.tracking import read_metrics
 
-CONFIG_FILE = "config.yaml"
 NOT_THE_POINT = ("train.seed", "data.cache_dir")  # nor anything under run.*: they don't change what is learned
 CSV_FIELDS = ("params", "flops_per_token", "tokens_seen", "steps", "seeds", "final_val_loss_mean",
               "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std", "tokens_per_sec", "wall_s")
@@ -85,7 +83,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not path.is_dir():
             raise UserError(f"{path} is not a directory; give a sweep directory or run directories")
         # A run directory has a tokenizer.json beside its config.yaml (wandb's files/config.yaml has not).
-        found += [c.parent for c in sorted(path.rglob(CONFIG_FILE)) if (c.parent / "tokenizer.json").is_file()]
+        found += [c.parent for c in sorted(path.rglob(runs.CONFIG_FILE)) if (c.parent / runs.TOKENIZER_FILE).is_file()]
     if not found:
         raise UserError(f"no run directories (config.yaml + tokenizer.json) in {', '.join(map(str, paths))}")
     return list(dict.fromkeys(found))
@@ -93,7 +91,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 def read_run(run_dir: Path) -> RunResult | None:
     """A run's numbers from its config.yaml and metrics.jsonl; None before its first evaluation."""
-    cfg = config.from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    cfg = runs.load_config(run_dir)
     rows = read_metrics(run_dir)
     evals = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     if not evals:
