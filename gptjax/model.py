@@ -3,6 +3,12 @@
 Dimension key, reused in einsum strings, logical sharding names and array suffixes:
   B batch   T time (queries)   S time (keys/values)   D model width (n_embd)
   H heads   K head size        F MLP width (4·D)      V vocabulary (n_vocab)
+  N tokens, B·T flattened
+
+Inside a block every projection is a 2-D matmul over N tokens (x_nd · w_df). Given einsums
+over [B, T, D], XLA's CPU backend transposes whole activations around the matmuls of the
+backward pass, and the CPU recipe's step took 1.5x as long (BENCHMARKS.md). Blocks still
+take and return x_btd, so the residual stream reads as batch × time.
 
 Every parameter carries its logical axis names (`axes=`), and the main activations are
 pinned by logical names too (`constrain`); sharding.py maps both to the device mesh in one
@@ -69,13 +75,15 @@ class GPT(nnx.Module):
         for i, block in enumerate(self.blocks):
             x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos)
             new_cache.append(layer_cache)
-        return self.ln_f(x_btd), (None if cache is None else new_cache)
+        B, T, D = x_btd.shape
+        return self.ln_f(x_btd.reshape(B * T, D)).reshape(B, T, D), (None if cache is None else new_cache)
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
         # Tied weights: W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
-        logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.wte_vd[...].astype(self.dtype),
-                                preferred_element_type=jnp.float32)
-        return constrain(logits_btv, ("batch", None, "act_vocab"))
+        B, T, D = x_btd.shape
+        logits_nv = jnp.einsum("nd,vd->nv", x_btd.reshape(B * T, D), self.wte_vd[...].astype(self.dtype),
+                               preferred_element_type=jnp.float32)
+        return constrain(logits_nv.reshape(B, T, -1), ("batch", None, "act_vocab"))
 
 
 class Block(nnx.Module):
@@ -88,10 +96,12 @@ class Block(nnx.Module):
 
     def __call__(self, x_btd, *, rngs=None, cache=None, pos=0):
         deterministic = rngs is None
-        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos)
-        x_btd = x_btd + self.drop(attn_btd, rngs=rngs, deterministic=deterministic)
-        x_btd = x_btd + self.drop(self.mlp(self.ln_2(x_btd)), rngs=rngs, deterministic=deterministic)
-        return constrain(x_btd, BTD), cache
+        B, T, D = x_btd.shape
+        x_nd = x_btd.reshape(B * T, D)
+        attn_nd, cache = self.attn(self.ln_1(x_nd), T, cache=cache, pos=pos)
+        x_nd = x_nd + self.drop(attn_nd, rngs=rngs, deterministic=deterministic)
+        x_nd = x_nd + self.drop(self.mlp(self.ln_2(x_nd)), rngs=rngs, deterministic=deterministic)
+        return constrain(x_nd.reshape(B, T, D), BTD), cache
 
 
 class Attention(nnx.Module):
@@ -110,10 +120,11 @@ class Attention(nnx.Module):
         self.bv_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
         self.bo_d = constant((D,), ("embed",), 0.0, cfg.bias)
 
-    def __call__(self, x_btd, *, cache=None, pos=0):
-        q_bthk = self._project(x_btd, self.wq_dhk, self.bq_hk)
-        k_bshk = self._project(x_btd, self.wk_dhk, self.bk_hk)
-        v_bshk = self._project(x_btd, self.wv_dhk, self.bv_hk)
+    def __call__(self, x_nd, T: int, *, cache=None, pos=0):
+        """Attention over sequences of T tokens (x_nd holds N = B·T); returns out_nd."""
+        q_bthk = self._project(x_nd, T, self.wq_dhk, self.bq_hk)
+        k_bshk = self._project(x_nd, T, self.wk_dhk, self.bk_hk)
+        v_bshk = self._project(x_nd, T, self.wv_dhk, self.bv_hk)
         if cache is None:
             mask = None
             causal = True
@@ -128,12 +139,13 @@ class Attention(nnx.Module):
             causal = False
         out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
                                                 mask=mask, is_causal=causal)
-        out_btd = jnp.einsum("bthk,hkd->btd", out_bthk, self.wo_hkd[...].astype(self.dtype))
-        return add_bias(out_btd, self.bo_d), cache
+        out_nhk = out_bthk.reshape(-1, *out_bthk.shape[2:])
+        out_nd = jnp.einsum("nhk,hkd->nd", out_nhk, self.wo_hkd[...].astype(self.dtype))
+        return add_bias(out_nd, self.bo_d), cache
 
-    def _project(self, x_btd, w_dhk, b_hk):
-        y_bthk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, w_dhk[...].astype(self.dtype)), b_hk)
-        return constrain(y_bthk, ("batch", None, "act_heads", None))
+    def _project(self, x_nd, T, w_dhk, b_hk):
+        y_nhk = add_bias(jnp.einsum("nd,dhk->nhk", x_nd, w_dhk[...].astype(self.dtype)), b_hk)
+        return constrain(y_nhk.reshape(-1, T, *y_nhk.shape[1:]), ("batch", None, "act_heads", None))
 
 
 class MLP(nnx.Module):
@@ -145,10 +157,10 @@ class MLP(nnx.Module):
         self.b_up_f = constant((F,), ("mlp",), 0.0, cfg.bias)
         self.b_down_d = constant((D,), ("embed",), 0.0, cfg.bias)
 
-    def __call__(self, x_btd):
-        h_btf = add_bias(jnp.einsum("btd,df->btf", x_btd, self.w_up_df[...].astype(self.dtype)), self.b_up_f)
-        h_btf = constrain(jax.nn.gelu(h_btf, approximate=True), ("batch", None, "act_mlp"))  # GPT-2's tanh GELU
-        return add_bias(jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd[...].astype(self.dtype)), self.b_down_d)
+    def __call__(self, x_nd):
+        h_nf = add_bias(jnp.einsum("nd,df->nf", x_nd, self.w_up_df[...].astype(self.dtype)), self.b_up_f)
+        h_nf = constrain(jax.nn.gelu(h_nf, approximate=True), ("batch", "act_mlp"))  # GPT-2's tanh GELU
+        return add_bias(jnp.einsum("nf,fd->nd", h_nf, self.w_down_fd[...].astype(self.dtype)), self.b_down_d)
 
 
 class LayerNorm(nnx.Module):
@@ -156,13 +168,13 @@ class LayerNorm(nnx.Module):
         self.scale_d = constant((cfg.n_embd,), ("embed",), 1.0)
         self.bias_d = constant((cfg.n_embd,), ("embed",), 0.0, cfg.bias)
 
-    def __call__(self, x_btd):
+    def __call__(self, x_nd):
         # Statistics in float32 whatever the compute dtype: bf16 variance is too coarse.
-        x = x_btd.astype(jnp.float32)
+        x = x_nd.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d[...]
-        return add_bias(y, self.bias_d).astype(x_btd.dtype)
+        return add_bias(y, self.bias_d).astype(x_nd.dtype)
 
 
 def compute_dtype(name: str):

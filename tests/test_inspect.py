@@ -122,7 +122,8 @@ def test_recomputed_attention_weights_reproduce_the_models_attention_output(mode
         probs_bhts = analysis.attention_probs(attn, h_btd)
         v_bshk = jnp.einsum("btd,dhk->bthk", h_btd, attn.wv_dhk[...]) + attn.bv_hk[...]
         out_btd = jnp.einsum("bhts,bshk,hkd->btd", probs_bhts, v_bshk, attn.wo_hkd[...]) + attn.bo_d[...]
-        np.testing.assert_allclose(out_btd, attn(h_btd)[0], atol=2e-5)
+        B, T, D = h_btd.shape
+        np.testing.assert_allclose(out_btd, attn(h_btd.reshape(B * T, D), T)[0].reshape(B, T, D), atol=2e-5)
 
 
 def test_residual_stream_is_the_models_own(model):
