@@ -20,7 +20,7 @@ import time
 import jax
 
 from gptjax import config as config_lib
-from gptjax import errors
+from gptjax import errors, sharding
 
 # Dense bf16 peak FLOP/s by device_kind prefix (vendor datasheets, no sparsity).
 PEAK_FLOPS = {
@@ -77,7 +77,8 @@ def bench_train(cfg, steps: int) -> dict:
     for _ in range(3):
         one()
     ms = median_ms(one, steps)
-    return row(cfg, "train_step", ms, compile_s, tokens=cfg.tokens_per_step, flops_per_token=cfg.model.flops_per_token())
+    return row(cfg, "train_step", ms, compile_s, tokens=cfg.tokens_per_step, flops_per_token=cfg.model.flops_per_token(),
+               devices=mesh.size)
 
 
 def bench_eval(cfg, steps: int) -> dict:
@@ -91,7 +92,8 @@ def bench_eval(cfg, steps: int) -> dict:
     step, compile_s = compiled(pieces.eval_step, state.params, x, y)
     ms = median_ms(lambda: step(state.params, x, y), steps)
     tokens = cfg.train.micro_batch_size * cfg.model.n_ctx
-    return row(cfg, "eval_step", ms, compile_s, tokens=tokens, flops_per_token=cfg.model.flops_per_token() // 3)
+    return row(cfg, "eval_step", ms, compile_s, tokens=tokens, flops_per_token=cfg.model.flops_per_token() // 3,
+               devices=mesh.size)
 
 
 def bench_sample(cfg, new_tokens: int, num_samples: int) -> list[dict]:
@@ -123,14 +125,16 @@ def bench_sample(cfg, new_tokens: int, num_samples: int) -> list[dict]:
     return out
 
 
-def row(cfg, name: str, ms: float, compile_s: float, *, tokens: int, flops_per_token: int | None = None) -> dict:
+def row(cfg, name: str, ms: float, compile_s: float, *, tokens: int, flops_per_token: int | None = None,
+        devices: int = 1) -> dict:
+    """One measurement; `devices` is how many the step ran on (the sampler uses one)."""
     device = jax.devices()[0]
     tokens_per_sec = tokens / (ms / 1e3)
     peak = peak_flops(device)
     mfu = None
     if peak and flops_per_token:
-        mfu = round(tokens_per_sec * flops_per_token / (peak * jax.device_count()), 4)
-    return {"measurement": name, "device": device.device_kind, "devices": jax.device_count(),
+        mfu = round(tokens_per_sec * flops_per_token / (peak * devices), 4)
+    return {"measurement": name, "device": device.device_kind, "devices": devices,
             "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "n_embd": cfg.model.n_embd,
             "n_ctx": cfg.model.n_ctx, "batch_size": cfg.train.batch_size, "ms_per_step": round(ms, 3),
             "tokens_per_sec": round(tokens_per_sec, 1), "compile_s": round(compile_s, 3), "mfu": mfu,
@@ -147,6 +151,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sample-tokens", type=int, default=500, help="new tokens for the past-window sampler run")
     parser.add_argument("--num-samples", type=int, default=1, help="sampler batch size")
     args = parser.parse_args(argv)
+    sharding.use_cpu_cores()  # measure what train.py runs: one device per CPU core
     if args.config and "=" in args.config:
         args.overrides, args.config = [args.config, *args.overrides], None
 

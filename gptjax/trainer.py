@@ -80,6 +80,8 @@ def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> 
         return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), initial_rng(seed))
     # The seed is an argument, not a constant baked into the program, so runs that differ only
     # in seed (a sweep's) compile the same init and JAX's compilation cache can serve it.
+    if params is not None:  # loaded on one device (a converted checkpoint): lay it out as the run's mesh wants
+        params = jax.device_put(params, pieces.state_shardings.params)
     return jax.jit(init, out_shardings=pieces.state_shardings)(np.int64(cfg.train.seed), params)
 
 
@@ -130,7 +132,7 @@ def setup(cfg: Config):
     ds = data.prepare(cfg.data)
     cfg = resolve_vocab(cfg, ds.vocab_size)
     data.check_fits(ds, cfg.model.n_ctx)
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
     shards = sharding.n_batch_shards(mesh)
     if cfg.train.micro_batch_size % shards:
         raise ConfigError(f"micro-batch of {cfg.train.micro_batch_size} sequences (train.batch_size / "

@@ -11,7 +11,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from gptjax import config
+from gptjax import config, sharding
+
+# As train.py does: every CPU core a device. Tests then run what users run (and what the
+# CLI processes they start run), so runs compare bit for bit across the two.
+sharding.use_cpu_cores()
 
 ROOT = Path(__file__).resolve().parent.parent
 

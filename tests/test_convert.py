@@ -244,7 +244,8 @@ def test_converted_run_fine_tunes_from_its_weights_and_loss_falls(synthetic_run,
     # Step 0 is evaluated on the converted weights themselves, not on a fresh initialisation.
     source = runs.load(synthetic_run)
     resolved, ds, mesh = trainer.setup(convert.open_source(str(synthetic_run)).apply(cfg))
-    expected = trainer.evaluate(resolved, ds, mesh, jit_eval_step(source.graphdef), source.params)["val_loss"]
+    params = jax.device_put(source.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    expected = trainer.evaluate(resolved, ds, mesh, jit_eval_step(source.graphdef), params)["val_loss"]
     assert rows[0]["step"] == 0 and rows[0]["val_loss"] == pytest.approx(expected, abs=1e-4)
     assert last["step"] == 10 and last["val_loss"] < rows[0]["val_loss"] - 1.0
     assert runs.load_config(tmp_path / "ft").model == dataclasses.replace(source.cfg.model, dropout=cfg.model.dropout)
