@@ -1,0 +1,108 @@
+"""The PyTorch yardstick for BENCHMARKS.md: nanoGPT's model and step, timed like gptjax.bench.
+
+    python benchmarks/pytorch_reference.py cpu_recipe|baby_gpt [--steps N] [--compile]
+
+A GPT-2 block as nanoGPT writes it (pre-LayerNorm, causal scaled_dot_product_attention,
+GELU MLP, tied unembedding, AdamW with its weight-decay split, gradient clipping), with
+the biases and dropout of gptjax's matching preset (dropout on the embeddings and both
+residual branches), written out here so the comparison runs on the same machine without
+nanoGPT's repository. Prints one JSON line: median ms per train step after warm-up,
+tokens/s and peak RSS. Needs torch (the `[hf]` extra installs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHAPES = {  # nanoGPT's two Shakespeare recipes, as gptjax's presets shakespeare_char_cpu and shakespeare_char
+    "cpu_recipe": dict(n_layer=4, n_head=4, n_embd=128, n_ctx=64, batch=12, bias=False, dropout=0.0),
+    "baby_gpt": dict(n_layer=6, n_head=6, n_embd=384, n_ctx=256, batch=64, bias=True, dropout=0.2),
+}
+N_VOCAB = 65  # Shakespeare's characters
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_head: int, bias: bool, dropout: float):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, bias=bias), nn.LayerNorm(d, bias=bias)
+        self.qkv, self.proj = nn.Linear(d, 3 * d, bias=bias), nn.Linear(d, d, bias=bias)
+        self.up, self.down = nn.Linear(d, 4 * d, bias=bias), nn.Linear(4 * d, d, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(y.transpose(1, 2).contiguous().view(b, t, d)))
+        return x + self.drop(self.down(F.gelu(self.up(self.ln_2(x)), approximate="tanh")))
+
+
+class GPT(nn.Module):
+    def __init__(self, n_layer: int, n_head: int, n_embd: int, n_ctx: int, bias: bool, dropout: float):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(N_VOCAB, n_embd), nn.Embedding(n_ctx, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, bias, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        self.head = nn.Linear(n_embd, N_VOCAB, bias=False)
+        self.head.weight = self.wte.weight
+
+    def forward(self, idx, targets):
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1])))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, N_VOCAB), targets.view(-1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("shapes", choices=SHAPES)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = parser.parse_args()
+    s = SHAPES[args.shapes]
+    torch.manual_seed(0)
+    model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["n_ctx"], s["bias"], s["dropout"])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.99))
+    step_model = torch.compile(model) if args.compile else model
+    x = torch.randint(N_VOCAB, (s["batch"], s["n_ctx"]))
+    y = torch.randint(N_VOCAB, (s["batch"], s["n_ctx"]))
+
+    def step():
+        loss = step_model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item()  # blocks, as gptjax.bench blocks on the loss
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t) * 1e3)
+    ms = statistics.median(times)
+    print(json.dumps({"measurement": "train_step", "framework": f"torch {torch.__version__}", "shapes": args.shapes,
+                      "compile": args.compile, "threads": torch.get_num_threads(), **s, "ms_per_step": round(ms, 3),
+                      "tokens_per_sec": round(s["batch"] * s["n_ctx"] / (ms / 1e3), 1),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+if __name__ == "__main__":
+    main()
