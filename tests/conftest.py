@@ -13,8 +13,8 @@ import pytest
 
 from gptjax import config, sharding
 
-# As train.py does: every CPU core a device. Tests then run what users run (and what the
-# CLI processes they start run), so runs compare bit for bit across the two.
+# As train.py does: every CPU core a device, so runs in this process and in the CLI
+# processes the tests start compare bit for bit.
 sharding.use_cpu_cores()
 
 ROOT = Path(__file__).resolve().parent.parent
