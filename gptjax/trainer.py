@@ -78,10 +78,10 @@ def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> 
         if params is None:
             params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=jax.random.key(seed))), nnx.Param)
         return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), initial_rng(seed))
-    # The seed is an argument, not a constant baked into the program, so runs that differ only
-    # in seed (a sweep's) compile the same init and JAX's compilation cache can serve it.
     if params is not None:  # loaded on one device (a converted checkpoint): lay it out as the run's mesh wants
         params = jax.device_put(params, pieces.state_shardings.params)
+    # The seed is an argument, not a constant baked into the program, so runs that differ only
+    # in seed (a sweep's) compile the same init and JAX's compilation cache can serve it.
     return jax.jit(init, out_shardings=pieces.state_shardings)(np.int64(cfg.train.seed), params)
 
 

@@ -11,7 +11,7 @@ from gptjax import sharding
 from gptjax.config import MeshConfig
 from tests.conftest import ROOT, run_script
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+CORES = sharding.cpu_cores()
 COUNT = "from gptjax import sharding; sharding.use_cpu_cores(); import jax; print(jax.device_count())"
 
 

@@ -2,7 +2,8 @@
 move between device counts, and two real processes train as one.
 
 Devices are virtual CPUs (XLA_FLAGS) in subprocesses: this pytest process keeps its own (one
-per core, as train.py has) for the other tests. Independent subprocesses run two at a time (the CPU has 2 cores).
+per core, as train.py has) for the other tests. Independent subprocesses run two at a time
+(the CPU has 2 cores).
 """
 
 import json
