@@ -77,8 +77,8 @@ def bench_train(cfg, steps: int) -> dict:
     for _ in range(3):
         one()
     ms = median_ms(one, steps)
-    return row(cfg, "train_step", ms, compile_s, tokens=cfg.tokens_per_step, flops_per_token=cfg.model.flops_per_token(),
-               devices=mesh.size)
+    return row(cfg, "train_step", ms, compile_s, tokens=cfg.tokens_per_step,
+               flops_per_token=cfg.model.flops_per_token(), devices=mesh.size)
 
 
 def bench_eval(cfg, steps: int) -> dict:

@@ -106,10 +106,10 @@ def use_cpu_cores() -> None:
     At small-model sizes XLA's CPU kernels keep two threads busy only part of the time; one
     device per core, each with its share of the batch, ran the CPU recipe's step 1.35x faster
     on 2 cores (BENCHMARKS.md). The device count is process-wide and fixed once JAX starts,
-    so entry points call this first thing. A count set in XLA_FLAGS wins, and GPUs and TPUs
-    are unaffected (the CPU devices are then not used).
+    so entry points call this first thing. A count set in XLA_FLAGS or JAX_NUM_CPU_DEVICES
+    wins, and GPUs and TPUs are unaffected (the CPU devices are then not used).
     """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or jax.config.jax_num_cpu_devices > 0:
         return
     try:
         jax.config.update("jax_num_cpu_devices", cpu_cores())

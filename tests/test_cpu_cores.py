@@ -15,15 +15,16 @@ CORES = sharding.cpu_cores()
 COUNT = "from gptjax import sharding; sharding.use_cpu_cores(); import jax; print(jax.device_count())"
 
 
-def device_count(xla_flags: str) -> int:
-    env = {**os.environ, "XLA_FLAGS": xla_flags}
+def device_count(xla_flags: str, **env: str) -> int:
+    env = {**os.environ, "XLA_FLAGS": xla_flags, **env}
     out = subprocess.run([sys.executable, "-c", COUNT], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     return int(out.stdout.strip())
 
 
-def test_every_core_is_a_device_unless_xla_flags_set_a_count():
+def test_every_core_is_a_device_unless_the_user_set_a_count():
     assert device_count("") == CORES
     assert device_count("--xla_force_host_platform_device_count=3") == 3
+    assert device_count("", JAX_NUM_CPU_DEVICES="3") == 3
 
 
 def test_split_cores_follow_the_batch_and_explicit_meshes_keep_every_device():
