@@ -30,7 +30,20 @@ BTD = ("batch", None, "act_embed")  # logical axes of the residual stream
 
 def normal(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float) -> nnx.Param:
     """A float32 weight drawn from N(0, std²), tagged with its logical axis names."""
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), axes=axes)
+    return nnx.Param(std * jax.random.normal(next_key(rngs.params), shape, jnp.float32), axes=axes)
+
+
+def next_key(stream: nnx.RngStream) -> jax.Array:
+    """The key `stream()` returns, at a constant cost while tracing.
+
+    nnx's own call stores the new count with `count[...] =`, which asks the traced count for
+    its `.sharding`; jax answers with an error whose message scans the whole trace so far, so
+    building a model under eval_shape or jit took time quadratic in its number of weights
+    (21 s for gpt3's shapes). `set_value` stores the count without asking.
+    """
+    key = jax.random.fold_in(stream.key[...], stream.count[...])
+    stream.count.set_value(stream.count[...] + 1)
+    return key
 
 
 def constant(shape: tuple[int, ...], axes: tuple[str | None, ...], value: float, enabled: bool = True):

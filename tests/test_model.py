@@ -11,7 +11,7 @@ from flax import nnx
 
 from gptjax import config
 from gptjax.config import ModelConfig
-from gptjax.model import GPT, count_params, init_cache
+from gptjax.model import GPT, count_params, init_cache, next_key
 
 SMALL = ModelConfig(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 
@@ -20,6 +20,21 @@ def test_gpt2_parameter_count_matches_formula_and_openai():
     cfg = config.load("gpt2").model
     abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
     assert count_params(abstract) == cfg.n_params == 124_439_808
+
+
+def test_weights_draw_the_keys_nnx_would_and_advance_its_count():
+    # next_key stands in for rngs.params() (a workaround for its tracing cost), so a seed
+    # must keep giving the weights it gave before, traced or not.
+    def three_keys(key, draw):
+        stream = nnx.Rngs(params=key).params
+        keys = jnp.stack([jax.random.key_data(draw(stream)) for _ in range(3)])
+        return keys, stream.count[...]
+
+    keys, count = three_keys(jax.random.key(7), lambda stream: stream())
+    traced = jax.jit(three_keys, static_argnums=1)
+    for ours in (three_keys(jax.random.key(7), next_key), traced(jax.random.key(7), next_key)):
+        np.testing.assert_array_equal(ours[0], keys)
+        assert int(ours[1]) == int(count) == 3
 
 
 def test_flops_per_token_matches_a_hand_count():
