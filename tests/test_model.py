@@ -11,7 +11,7 @@ from flax import nnx
 
 from gptjax import config
 from gptjax.config import ModelConfig
-from gptjax.model import GPT, count_params, init_cache, next_key
+from gptjax.model import GPT, count_params, init_cache, next_key, normal
 
 SMALL = ModelConfig(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 
@@ -35,6 +35,17 @@ def test_weights_draw_the_keys_nnx_would_and_advance_its_count():
     for ours in (three_keys(jax.random.key(7), next_key), traced(jax.random.key(7), next_key)):
         np.testing.assert_array_equal(ours[0], keys)
         assert int(ours[1]) == int(count) == 3
+
+
+@pytest.mark.parametrize("shape", [(65, 32), (32, 4, 8), (7,)])
+def test_weights_drawn_flat_are_the_numbers_of_a_shaped_draw(shape):
+    @jax.jit
+    def both(key):
+        ours = normal(nnx.Rngs(params=key), shape, (None,) * len(shape), 0.02)[...]
+        return ours, 0.02 * jax.random.normal(jax.random.fold_in(key, 0), shape, jnp.float32)
+
+    ours, shaped = both(jax.random.key(5))
+    np.testing.assert_array_equal(ours, shaped)
 
 
 def test_flops_per_token_matches_a_hand_count():
