@@ -1,6 +1,10 @@
 """Shared fixtures: a session-wide data cache, tiny configs in temporary run directories."""
 
 import atexit
+import contextlib
+import functools
+import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -19,11 +23,14 @@ sharding.use_cpu_cores()
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# One compilation cache for the session, shared by the tests and the CLI processes they
-# start: the tiny preset's step then compiles once, not once per test and per process.
-# It is set before any test compiles, and removed with the session.
-_JAX_CACHE = tempfile.mkdtemp(prefix="gptjax-test-jax-cache-")
-atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+# One compilation cache for the session, shared by the tests, the CLI processes they start
+# and pytest-xdist's workers (which inherit it from the process that started them): the
+# tiny preset's step then compiles once, not once per test and per process. It is set
+# before any test compiles, and removed with the session by the process that made it.
+_JAX_CACHE = os.environ.get("GPTJAX_TEST_JAX_CACHE")
+if _JAX_CACHE is None:
+    _JAX_CACHE = os.environ["GPTJAX_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="gptjax-test-jax-cache-")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 for key, value in (("jax_compilation_cache_dir", _JAX_CACHE), ("jax_persistent_cache_min_compile_time_secs", 0),
                    ("jax_persistent_cache_min_entry_size_bytes", 0)):
     jax.config.update(key, value)
@@ -53,3 +60,26 @@ def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.Comp
     """Run train.py / sample.py as a user would, in a clean process."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@functools.cache
+def script_module(script: str):
+    spec = importlib.util.spec_from_file_location(f"gptjax_script_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """train.py / sample.py's main() in this process, as run_script would see it but without
+    starting Python and JAX again: for checks of what a command says, not of how a process ends."""
+    out, err, hook = io.StringIO(), io.StringIO(), sys.unraisablehook
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = script_module(script).main(list(map(str, args)))
+            except SystemExit as e:  # argparse's exits
+                code = e.code
+    finally:
+        sys.unraisablehook = hook  # run_cli quiets orbax's leftover reads for the process; not for pytest's
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())

@@ -9,7 +9,7 @@ import jax
 
 from gptjax import sharding
 from gptjax.config import MeshConfig
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_in_process
 
 CORES = sharding.cpu_cores()
 COUNT = "from gptjax import sharding; sharding.use_cpu_cores(); import jax; print(jax.device_count())"
@@ -38,7 +38,7 @@ def test_split_cores_follow_the_batch_and_explicit_meshes_keep_every_device():
 
 
 def test_train_runs_a_batch_the_cores_do_not_divide(tmp_path):
-    result = run_script("train.py", "tiny", f"run.out_dir={tmp_path / 'run'}", "train.batch_size=3",
+    result = run_in_process("train.py", "tiny", f"run.out_dir={tmp_path / 'run'}", "train.batch_size=3",
                         "train.steps=2", "train.eval_every=2", "train.eval_batches=1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: step 2" in result.stdout
