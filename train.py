@@ -23,7 +23,6 @@ def main(argv: list[str]) -> int:
         cfg = config.load(args.config, args.overrides)
         from gptjax import sharding, trainer  # JAX loads only after the config checks out, so a typo fails at once
 
-        sharding.use_cpu_cores()  # on CPU: one device per core, data-parallel (before JAX starts)
         sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
 
         last = trainer.train(cfg)

@@ -20,7 +20,7 @@ import time
 import jax
 
 from gptjax import config as config_lib
-from gptjax import errors, sharding
+from gptjax import errors
 
 # Dense bf16 peak FLOP/s by device_kind prefix (vendor datasheets, no sparsity).
 PEAK_FLOPS = {
@@ -151,7 +151,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sample-tokens", type=int, default=500, help="new tokens for the past-window sampler run")
     parser.add_argument("--num-samples", type=int, default=1, help="sampler batch size")
     args = parser.parse_args(argv)
-    sharding.use_cpu_cores()  # measure what train.py runs: one device per CPU core
     if args.config and "=" in args.config:
         args.overrides, args.config = [args.config, *args.overrides], None
 

@@ -100,34 +100,17 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def use_cpu_cores() -> None:
-    """On CPU, make every core a JAX device, so training runs data-parallel across the cores.
-
-    At small-model sizes XLA's CPU kernels keep two threads busy only part of the time; one
-    device per core, each with its share of the batch, ran the CPU recipe's step 1.35x faster
-    on 2 cores (BENCHMARKS.md). The device count is process-wide and fixed once JAX starts,
-    so entry points call this first thing. A count set in XLA_FLAGS or JAX_NUM_CPU_DEVICES
-    wins, and GPUs and TPUs are unaffected (the CPU devices are then not used).
-    """
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or jax.config.jax_num_cpu_devices > 0:
-        return
-    try:
-        jax.config.update("jax_num_cpu_devices", cpu_cores())
-    except RuntimeError:  # JAX has started already (a library user's process): keep its devices
-        pass
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity where the OS tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def mesh_devices(cfg: MeshConfig, rows: int) -> list:
-    """The devices for a run's mesh: all of them, except for cores made devices by use_cpu_cores.
+    """The devices for a run's mesh: all of them, except for CPU cores split by JAX_NUM_CPU_DEVICES.
 
-    Those are a speed-up, not a request, so with the default mesh they follow the batch: the
-    most cores whose count divides its `rows`, rather than an error when 12 rows meet 8 cores.
-    Devices that are real (accelerators) or asked for (XLA_FLAGS) must fit the batch exactly.
+    JAX_NUM_CPU_DEVICES=2 makes two CPU cores two JAX devices, and the run data-parallel
+    across them: 1.35x on the CPU recipe on 2 cores (BENCHMARKS.md). It is opt-in because
+    XLA:CPU's in-process all-reduce can deadlock: twice in the test suite and once in a
+    README training run, one device never reached a step's all-reduce and XLA aborted after
+    40 s ("Termination timeout for all reduce"); re-running resumes from the last checkpoint.
+    Split cores are a speed-up, not a request, so with the default mesh they follow the
+    batch: the most cores whose count divides its `rows`, rather than an error when 12 rows
+    meet 8 cores. Devices that are real (accelerators) or forced (XLA_FLAGS) must fit exactly.
     """
     devices = jax.devices()
     split_cores = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0

@@ -41,9 +41,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_intermixed_args(argv)
     command = " ".join(["python -m gptjax.sweep", *argv])
-    from gptjax import sharding
-
-    sharding.use_cpu_cores()  # as train.py: one device per CPU core, set before JAX starts
     return errors.run_cli(lambda: run(grid.make_spec(args.target, args.items, args.seeds, args.out, args.match),
                                       command), debug=args.debug)
 

@@ -15,11 +15,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from gptjax import config, sharding
-
-# As train.py does: every CPU core a device, so runs in this process and in the CLI
-# processes the tests start compare bit for bit.
-sharding.use_cpu_cores()
+from gptjax import config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,10 +52,10 @@ def tiny(tmp_path):
     return make
 
 
-def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run train.py / sample.py as a user would, in a clean process."""
+def run_script(script: str, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Run train.py / sample.py as a user would, in a clean process (`env`: extra variables)."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
 
 
 @functools.cache

@@ -1,44 +1,43 @@
-"""CPU cores as devices: train.py splits the cores, the batch decides how many a run uses,
-and a device count the user asked for is kept and must fit."""
+"""CPU cores as devices, opt-in: one device by default; with JAX_NUM_CPU_DEVICES the default
+mesh takes the most cores the batch divides, and a count forced in XLA_FLAGS must fit."""
 
+import json
 import os
 import subprocess
 import sys
 
-import jax
+from tests.conftest import ROOT, run_script
 
+MESH_SIZES = """
+import json, jax
 from gptjax import sharding
 from gptjax.config import MeshConfig
-from tests.conftest import ROOT, run_in_process
-
-CORES = sharding.cpu_cores()
-COUNT = "from gptjax import sharding; sharding.use_cpu_cores(); import jax; print(jax.device_count())"
-
-
-def device_count(xla_flags: str, **env: str) -> int:
-    env = {**os.environ, "XLA_FLAGS": xla_flags, **env}
-    out = subprocess.run([sys.executable, "-c", COUNT], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-    return int(out.stdout.strip())
+print(json.dumps({"devices": jax.device_count(),
+                  "default": [len(sharding.mesh_devices(MeshConfig(), rows)) for rows in (1, 2, 3, 4, 6, 12)],
+                  "explicit": len(sharding.mesh_devices(MeshConfig(data=1, fsdp=-1), 1))}))
+"""
 
 
-def test_every_core_is_a_device_unless_the_user_set_a_count():
-    assert device_count("") == CORES
-    assert device_count("--xla_force_host_platform_device_count=3") == 3
-    assert device_count("", JAX_NUM_CPU_DEVICES="3") == 3
+def mesh_sizes(**env: str) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}, **env}
+    out = subprocess.run([sys.executable, "-c", MESH_SIZES], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
 
 
-def test_split_cores_follow_the_batch_and_explicit_meshes_keep_every_device():
-    assert jax.device_count() == CORES  # conftest split them, as train.py does
-    for rows in (1, 2, 3, 4, 6, 12):
-        used = len(sharding.mesh_devices(MeshConfig(), rows))
-        assert rows % used == 0 and used <= CORES
-        assert not any(rows % n == 0 for n in range(used + 1, CORES + 1))  # the most cores that fit
-    assert len(sharding.mesh_devices(MeshConfig(), 1)) == 1
-    assert len(sharding.mesh_devices(MeshConfig(data=1, fsdp=-1), 1)) == CORES  # asked for: all, or an error later
+def test_one_device_unless_the_cores_are_split():
+    assert mesh_sizes() == {"devices": 1, "default": [1] * 6, "explicit": 1}
 
 
-def test_train_runs_a_batch_the_cores_do_not_divide(tmp_path):
-    result = run_in_process("train.py", "tiny", f"run.out_dir={tmp_path / 'run'}", "train.batch_size=3",
-                        "train.steps=2", "train.eval_every=2", "train.eval_batches=1")
+def test_split_cores_follow_the_batch_and_forced_counts_keep_every_device():
+    # The most of the 4 cores whose count divides the rows; an explicit mesh asks for all of them.
+    assert mesh_sizes(JAX_NUM_CPU_DEVICES="4") == {"devices": 4, "default": [1, 2, 3, 4, 3, 4], "explicit": 4}
+    forced = mesh_sizes(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    assert forced == {"devices": 4, "default": [4] * 6, "explicit": 4}  # must fit: make_mesh says so if not
+
+
+def test_train_runs_a_batch_the_split_cores_do_not_divide(tmp_path):
+    result = run_script("train.py", "tiny", f"run.out_dir={tmp_path / 'run'}", "train.batch_size=3",
+                        "train.steps=2", "train.eval_every=2", "train.eval_batches=1", JAX_NUM_CPU_DEVICES="2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done: step 2" in result.stdout
