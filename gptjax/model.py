@@ -3,7 +3,7 @@
 Dimension key, reused in einsum strings, logical sharding names and array suffixes:
   B batch   T time (queries)   S time (keys/values)   D model width (n_embd)
   H heads   K head size        F MLP width (4·D)      V vocabulary (n_vocab)
-  N tokens, B·T flattened
+  N tokens, B·T flattened          C the three attention projections: query, key, value
 
 Inside a block every projection is a 2-D matmul over N tokens (x_nd · w_df). Given einsums
 over [B, T, D], XLA's CPU backend transposes whole activations around the matmuls of the
@@ -141,30 +141,61 @@ class Attention(nnx.Module):
 
     def __call__(self, x_nd, T: int, *, cache=None, pos=0):
         """Attention over sequences of T tokens (x_nd holds N = B·T); returns out_nd."""
-        q_bthk = self._project(x_nd, T, self.wq_dhk, self.bq_hk)
-        k_bshk = self._project(x_nd, T, self.wk_dhk, self.bk_hk)
-        v_bshk = self._project(x_nd, T, self.wv_dhk, self.bv_hk)
+        q_bthk, k_bshk, v_bshk = self._project_qkv(x_nd, T)
         if cache is None:
-            mask = None
-            causal = True
+            out_bthk = causal_attention(q_bthk, k_bshk, v_bshk)
         else:
             # Write this chunk's keys/values at pos, then attend over the whole fixed-size
             # cache; the mask hides slots past each query's own position.
             k_bshk = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_bshk.astype(cache["k"].dtype), pos, axis=1)
             v_bshk = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_bshk.astype(cache["v"].dtype), pos, axis=1)
             cache = {"k": k_bshk, "v": v_bshk}
-            T, S = q_bthk.shape[1], k_bshk.shape[1]
+            S = k_bshk.shape[1]
             mask = (jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None])[None, None]
-            causal = False
-        out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
-                                                mask=mask, is_causal=causal)
+            out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
+                                                    mask=mask)
         out_nhk = out_bthk.reshape(-1, *out_bthk.shape[2:])
         out_nd = jnp.einsum("nhk,hkd->nd", out_nhk, self.wo_hkd[...].astype(self.dtype))
         return add_bias(out_nd, self.bo_d), cache
 
-    def _project(self, x_nd, T, w_dhk, b_hk):
-        y_nhk = add_bias(jnp.einsum("nd,dhk->nhk", x_nd, w_dhk[...].astype(self.dtype)), b_hk)
-        return constrain(y_nhk.reshape(-1, T, *y_nhk.shape[1:]), ("batch", None, "act_heads", None))
+    def _project_qkv(self, x_nd, T):
+        # One [D, 3·H·K] matmul instead of three [D, H·K] ones: on the baby GPT's CPU step the
+        # wider product (and its gradients) ran 1.1x faster end to end. The weights stay
+        # separate parameters (checkpoints and GPT-2 imports are unchanged); stacking them
+        # costs one small copy per step.
+        w_dchk = jnp.stack([self.wq_dhk[...], self.wk_dhk[...], self.wv_dhk[...]], axis=1)
+        y_nchk = jnp.einsum("nd,dchk->nchk", x_nd, w_dchk.astype(self.dtype))
+        if self.bq_hk is not None:
+            y_nchk = y_nchk + jnp.stack([self.bq_hk[...], self.bk_hk[...], self.bv_hk[...]]).astype(y_nchk.dtype)
+        y_btchk = y_nchk.reshape(-1, T, *y_nchk.shape[1:])
+        return [constrain(y_btchk[:, :, c], ("batch", None, "act_heads", None)) for c in range(3)]
+
+
+def causal_attention(q_bthk, k_bshk, v_bshk, block: int = 64):
+    """softmax(QKᵀ/√K)V where each query sees the keys up to its own position.
+
+    Accelerators take `jax.nn.dot_product_attention`: cuDNN's flash attention on GPUs that
+    support it, XLA's fused attention elsewhere. On CPU, queries go in blocks of `block`
+    (more for long contexts, so the unrolled loop stays short), each attending only to the
+    keys at or before its last position: the masked half of the score matrix is never
+    computed, in the forward pass or the backward. With heads moved ahead of time once, the
+    baby GPT's CPU step ran 1.14x faster than through `dot_product_attention`.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, is_causal=True)
+    T, K = q_bthk.shape[1], q_bthk.shape[3]
+    block = max(block, -(-T // 8))
+    q_bhtk, k_bhsk, v_bhsk = (x.transpose(0, 2, 1, 3) for x in (q_bthk, k_bshk, v_bshk))
+    q_bhtk = q_bhtk * jnp.asarray(K ** -0.5, q_bhtk.dtype)
+    outs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        scores_bhts = jnp.einsum("bhtk,bhsk->bhts", q_bhtk[:, :, start:end], k_bhsk[:, :, :end],
+                                 preferred_element_type=jnp.float32)
+        visible_ts = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        probs_bhts = jax.nn.softmax(jnp.where(visible_ts, scores_bhts, -jnp.inf), axis=-1)
+        outs.append(jnp.einsum("bhts,bhsk->bhtk", probs_bhts.astype(v_bhsk.dtype), v_bhsk[:, :, :end]))
+    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
 
 class MLP(nnx.Module):
