@@ -66,16 +66,22 @@ def script_module(script: str):
     return module
 
 
-def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
-    """train.py / sample.py's main() in this process, as run_script would see it but without
-    starting Python and JAX again: for checks of what a command says, not of how a process ends."""
+def run_main(main, argv: list[str]) -> subprocess.CompletedProcess:
+    """A CLI's main(argv) in this process, its stdout and stderr captured as run_script would see
+    them, without starting Python and JAX again: for checks of what a command says, not of how
+    a process ends."""
     out, err, hook = io.StringIO(), io.StringIO(), sys.unraisablehook
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = script_module(script).main(list(map(str, args)))
+                code = main(argv)
             except SystemExit as e:  # argparse's exits
                 code = e.code
     finally:
         sys.unraisablehook = hook  # run_cli quiets orbax's leftover reads for the process; not for pytest's
-    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([main.__module__, *argv], code, out.getvalue(), err.getvalue())
+
+
+def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """train.py / sample.py's main() in this process (see run_main)."""
+    return run_main(script_module(script).main, list(map(str, args)))

@@ -1,9 +1,9 @@
 """Scale-out: meshes agree with one device, FSDP splits weights and Adam moments, checkpoints
 move between device counts, and two real processes train as one.
 
-Devices are virtual CPUs (XLA_FLAGS) in subprocesses: this pytest process keeps its own (one
-per core, as train.py has) for the other tests. Independent subprocesses run two at a time
-(the CPU has 2 cores).
+Devices are virtual CPUs (XLA_FLAGS) in subprocesses: this pytest process keeps its single
+device, as train.py has by default, for the other tests. Independent subprocesses run two at
+a time (the CPU has 2 cores).
 """
 
 import json

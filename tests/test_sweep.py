@@ -1,9 +1,7 @@
 """Ablations: a real 2 x 2 sweep (heads x layers, 2 seeds) end to end, its report against its runs,
 re-runs that train nothing, --match params, sweep files, Welch's t-test and one-line errors."""
 
-import contextlib
 import csv
-import io
 import math
 import struct
 
@@ -15,19 +13,13 @@ import yaml
 from gptjax import config, grid, plots, stats, sweep, trainer
 from gptjax.checkpoint import Checkpoints
 from gptjax.tracking import read_metrics
+from tests.conftest import run_main
 
 STEPS = 6
 GRID = ["model.n_head=2,3,4", "model.n_layer=1,2"]  # n_head=3 does not divide the tiny model's n_embd=32
 SETTINGS = [f"train.steps={STEPS}", f"train.lr_decay_steps={STEPS}", "train.eval_every=6", "train.log_every=3",
             "train.eval_batches=1"]
 VALID = ["n_head=2,n_layer=1", "n_head=2,n_layer=2", "n_head=4,n_layer=1", "n_head=4,n_layer=2"]
-
-
-def run_main(main, argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def files(folder):
@@ -43,9 +35,9 @@ def swept(tmp_path_factory, data_cache):
     first = next(p for p in grid.plan(spec, sweep.vocab_of) if p.cfg)
     with sweep.compile_cache(out / ".jax_cache"):  # as the sweep would have: its resume compiles nothing
         trainer.train(grid.run_config(first, 0, out).replace(train={"steps": 3}))
-    code, stdout, stderr = run_main(sweep.main, argv)
-    assert code == 0, stderr
-    return out, argv, stdout
+    result = run_main(sweep.main, argv)
+    assert result.returncode == 0, result.stderr
+    return out, argv, result.stdout
 
 
 def seed_dirs(out, point):
@@ -125,9 +117,9 @@ def test_welch_verdict_in_markdown(swept):
 def test_rerun_trains_nothing_and_changes_no_run(swept):
     out, argv, _ = swept
     before = {p: b for p, b in files(out).items() if "seed=" in str(p)}
-    code, stdout, stderr = run_main(sweep.main, argv)
-    assert code == 0, stderr
-    progress = [line for line in stdout.splitlines() if line.startswith("[")]
+    result = run_main(sweep.main, argv)
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(progress) == 8 and all(line.endswith(": finished, skipped") for line in progress)
     assert {p: b for p, b in files(out).items() if "seed=" in str(p)} == before
 
@@ -135,14 +127,15 @@ def test_rerun_trains_nothing_and_changes_no_run(swept):
 def test_report_on_a_list_of_run_directories(swept, tmp_path):
     out, *_ = swept
     runs = [*seed_dirs(out, "n_head=2,n_layer=1"), *seed_dirs(out, "n_head=2,n_layer=2")]
-    code, _, stderr = run_main(sweep.main, ["report", *map(str, runs), "--out", str(tmp_path)])
-    assert code == 0, stderr
+    result = run_main(sweep.main, ["report", *map(str, runs), "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert sorted(r["point"] for r in rows) == ["n_layer=1", "n_layer=2"]
     assert all(r["seeds"] == "2" for r in rows) and "model.n_head" not in rows[0]  # only what differs
     assert not (tmp_path / "heatmap.png").exists()  # one axis: no heatmap
-    code, _, stderr = run_main(sweep.main, ["report", *map(str, runs)])
-    assert code == 2 and stderr.strip() == "error: several directories given: say where the report goes with --out DIR"
+    result = run_main(sweep.main, ["report", *map(str, runs)])
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: several directories given: say where the report goes with --out DIR"
 
 
 def test_match_params_keeps_every_point_within_5_percent():
@@ -188,9 +181,9 @@ def test_sweep_file_with_command_line_on_top():
     (["model.n_head=2,4", "--seeds", "0"], "seeds must be a positive integer, got 0"),
 ])
 def test_bad_sweeps_fail_with_one_line(items, message, tmp_path):
-    code, stdout, stderr = run_main(sweep.main, ["tiny", *items, "--out", str(tmp_path / "s")])
-    assert code == 2 and message in stderr and "Traceback" not in stderr
-    assert len(stderr.strip().splitlines()) == 1
+    result = run_main(sweep.main, ["tiny", *items, "--out", str(tmp_path / "s")])
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()  # nothing written for a sweep that cannot run
 
 
