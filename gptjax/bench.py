@@ -75,7 +75,9 @@ def bench_train(cfg, steps: int) -> dict:
         return metrics["train_loss"]
 
     for _ in range(3):
-        one()
+        # Waited for: steps run asynchronously, and the first timed step would otherwise wait
+        # for the warm-up ones too (with --steps 2, the median of two, that doubled the figure).
+        jax.block_until_ready(one())
     ms = median_ms(one, steps)
     return row(cfg, "train_step", ms, compile_s, tokens=cfg.tokens_per_step,
                flops_per_token=cfg.model.flops_per_token(), devices=mesh.size)
