@@ -28,7 +28,7 @@ import time
 import jax
 
 from gptjax import config as config_lib
-from gptjax import trainer
+from gptjax.train import trainer
 
 INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])\S* (.*)")
 
@@ -60,7 +60,8 @@ def classify(name: str, lines, comps) -> tuple[str, float]:
     for _, out, text in body:
         if text.startswith("dot("):
             lhs = re.match(r"dot\(%?([\w.\-]+)", text).group(1)
-            contracting = [int(d) for d in re.search(r"lhs_contracting_dims=\{([\d,]*)\}", text).group(1).split(",") if d]
+            dims_text = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", text).group(1)
+            contracting = [int(d) for d in dims_text.split(",") if d]
             lhs_dims = dims(lines.get(lhs, ("",))[0])  # HLO names are unique across computations
             k = math.prod(lhs_dims[d] for d in contracting) if lhs_dims else 0
             kind = "matmul, attention (batched)" if "lhs_batch_dims" in text else "matmul, projections and MLP"

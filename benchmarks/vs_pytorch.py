@@ -46,8 +46,10 @@ def main() -> None:
     jax_ms, torch_ms = statistics.median(times["gptjax"]), statistics.median(times["pytorch"])
     tokens = jax_row["batch_size"] * jax_row["n_ctx"]
     print(json.dumps({"shapes": args.shapes, "rounds": args.rounds, "steps": args.steps,
-                      "gptjax_ms": jax_ms, "pytorch_ms": torch_ms, "gptjax_tokens_per_sec": round(tokens / jax_ms * 1e3),
-                      "pytorch_tokens_per_sec": round(tokens / torch_ms * 1e3), "speedup": round(torch_ms / jax_ms, 3)}))
+                      "gptjax_ms": jax_ms, "pytorch_ms": torch_ms,
+                      "gptjax_tokens_per_sec": round(tokens / jax_ms * 1e3),
+                      "pytorch_tokens_per_sec": round(tokens / torch_ms * 1e3),
+                      "speedup": round(torch_ms / jax_ms, 3)}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmarks: time the train step, eval step and sampler; print one JSON line per measurement.
 
-    python -m gptjax.bench CONFIG [section.key=value ...] [--steps N] [--only train,eval,sample]
+    gptjax bench CONFIG [section.key=value ...] [--steps N] [--only train,eval,sample]
 
 Timings are medians over many calls after warm-up, each blocking on its result, with
 compilation timed apart (ahead-of-time lower + compile). MFU divides achieved FLOPs
@@ -11,6 +11,7 @@ peak; it is null where the peak is unknown, as on CPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -60,7 +61,7 @@ def compiled(jitted, *args):
 
 
 def bench_train(cfg, steps: int) -> dict:
-    from gptjax import trainer
+    from gptjax.train import trainer
 
     cfg, ds, mesh = trainer.setup(cfg)
     pieces = trainer.build(cfg, mesh)
@@ -84,7 +85,7 @@ def bench_train(cfg, steps: int) -> dict:
 
 
 def bench_eval(cfg, steps: int) -> dict:
-    from gptjax import trainer
+    from gptjax.train import trainer
 
     cfg, ds, mesh = trainer.setup(cfg)
     pieces = trainer.build(cfg, mesh)
@@ -102,8 +103,9 @@ def bench_sample(cfg, new_tokens: int, num_samples: int) -> list[dict]:
     """Sampler tokens/s with the cache and with full recompute, inside the window and past it."""
     from flax import nnx
 
-    from gptjax import sampling, trainer
+    from gptjax import sampling
     from gptjax.model import GPT
+    from gptjax.train import trainer
 
     cfg, ds, _ = trainer.setup(cfg)
     graphdef, params = nnx.split(GPT(cfg.model, rngs=nnx.Rngs(0)), nnx.Param)
@@ -116,7 +118,7 @@ def bench_sample(cfg, new_tokens: int, num_samples: int) -> list[dict]:
                       window="shift" if mode == "cache_shift" else "exact")
             if mode == "cache_shift" and label == "inside_window":
                 continue  # identical to "cache" until the window fills
-            run = lambda: sampling.generate(graphdef, params, cfg.model, prompt, **kw)  # noqa: E731
+            run = functools.partial(sampling.generate, graphdef, params, cfg.model, prompt, **kw)
             t = time.perf_counter()
             run()
             first = time.perf_counter() - t

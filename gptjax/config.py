@@ -15,11 +15,14 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-
-from gptjax.errors import UserError
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from gptjax.errors import UserError
+
+# Presets ship inside the package; a configs/ folder in the working directory (the repo's, or a
+# user's edited copies) is looked in first.
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"
+USER_CONFIG_DIR = Path("configs")
 DEFAULT_CONFIG = "shakespeare_char_cpu"
 
 
@@ -168,12 +171,14 @@ class RunConfig:
     out_dir: str = _field("", "run directory; empty: runs/<config name>")
     wandb: str = _field("off", "off | offline | online")
     wandb_project: str = _field("gptjax", "wandb project name")
-    wandb_group: str = _field("", "wandb group gathering related runs (a sweep sets it to the sweep's name); empty: none")
+    wandb_group: str = _field("", "wandb group gathering related runs (a sweep sets it to the sweep's name); "
+                                  "empty: none")
     keep_checkpoints: int = _field(2, "latest checkpoints kept (the best by val loss is kept too)")
     progress: bool = _field(True, "show a progress bar")
 
     def __post_init__(self):
-        _check(self.wandb in ("off", "offline", "online"), f"run.wandb must be off, offline or online, got {self.wandb!r}")
+        _check(self.wandb in ("off", "offline", "online"),
+               f"run.wandb must be off, offline or online, got {self.wandb!r}")
         _check(self.keep_checkpoints > 0, f"run.keep_checkpoints must be positive, got {self.keep_checkpoints}")
 
 
@@ -215,12 +220,12 @@ def all_keys() -> dict[str, dataclasses.Field]:
 
 
 def resolve_path(name_or_path: str | None) -> Path:
-    """A config file from a path, or a preset name looked up in configs/."""
+    """A config file from a path, or a preset name looked up in ./configs/, then the shipped presets."""
     name = name_or_path or DEFAULT_CONFIG
     path = Path(name)
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / name):
+    for candidate in (folder / leaf for folder in (USER_CONFIG_DIR, CONFIG_DIR) for leaf in (f"{name}.yaml", name)):
         if candidate.is_file():
             return candidate
     presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
@@ -257,7 +262,8 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"config file {path} must be a mapping of sections (model:, data:, train:, ...)")
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"config file {path}: unknown section {section!r}; sections are model, data, train, mesh, run")
+            raise ConfigError(f"config file {path}: unknown section {section!r}; "
+                              f"sections are {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path}: section {section!r} must be a mapping of keys to values")
     return raw

@@ -15,8 +15,9 @@ import sys
 import jax
 import optax
 
-from gptjax import config, sharding, trainer
-from gptjax.checkpoint import Checkpoints
+from gptjax import config, sharding
+from gptjax.train import trainer
+from gptjax.train.checkpoint import Checkpoints
 
 # A fixed schedule (not tied to train.steps) with no warmup, so runs of different lengths
 # agree and the first update already moves the weights; the meshes split sizes of 8.

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gptjax import config, trainer
-from gptjax.checkpoint import Checkpoints
+from gptjax import config
+from gptjax.train import trainer
+from gptjax.train.checkpoint import Checkpoints
 from tests.conftest import run_in_process, run_script
 
 
@@ -125,7 +126,7 @@ def outcomes(trained, tmp_path_factory):
             damage(run, trained)
         names = {"tmp": str(tmp), "run": str(run)}
         for key, make in (("unwritable", unwritable), ("file_parent", file_parent)):
-            if "{%s}" % key in " ".join(args):
+            if f"{{{key}}}" in " ".join(args):
                 names[key] = make(tmp)
         watched = [tmp, *([Path(names["unwritable"])] if "unwritable" in names else [])]
         before = [snapshot(p) for p in watched]
@@ -158,7 +159,8 @@ def test_debug_shows_the_traceback():
 
 def test_no_load_path_unpickles_or_evaluates(trained, tmp_path, monkeypatch):
     """Configs, token caches, tokenizers and checkpoints are read as data: a pickle call anywhere fails."""
-    from gptjax import data, runs
+    from gptjax import data
+    from gptjax.train import runs
 
     def refuse(*_, **__):
         raise AssertionError("a load path used pickle")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from gptjax import bench, config, trainer
+from gptjax import bench, config
+from gptjax.train import trainer
 from tests.conftest import run_main
 
 

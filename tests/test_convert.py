@@ -17,14 +17,16 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from gptjax import config, convert, hf, runs, sampling, trainer
-from gptjax.checkpoint import Checkpoints
+from gptjax import config, sampling
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.hf import ConvertError
+from gptjax.data.tokenizer import IdsTokenizer, TokenizerError
+from gptjax.interop import convert, hf
+from gptjax.interop.hf import ConvertError
 from gptjax.model import GPT
-from gptjax.tokenizer import IdsTokenizer, TokenizerError
-from gptjax.tracking import read_metrics
-from gptjax.train_step import jit_eval_step
+from gptjax.train import runs, trainer
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.step import jit_eval_step
+from gptjax.train.tracking import read_metrics
 from tests.conftest import ROOT
 
 SHAPE = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=1000, n_positions=128)

@@ -1,5 +1,6 @@
 """Crash safety: a real training process killed with SIGKILL, mid-step or mid-save, resumes bit for bit."""
 
+import functools
 import os
 import random
 import re
@@ -13,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import config, trainer
-from gptjax.checkpoint import Checkpoints
-from gptjax.tracking import read_metrics
+from gptjax import config
+from gptjax.train import trainer
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.tracking import read_metrics
 from tests.conftest import ROOT
 
 STEPS = 20
@@ -72,7 +74,8 @@ def killed(tmp_path_factory):
     # Then kills at random steps, each after the resumed run has moved on.
     for _ in range(2):
         target = last_logged(part) + rng.randrange(1, 3)
-        assert kill_when(train(part, env), lambda: last_logged(part) >= target), f"run ended before step {target} {why}"
+        reached = functools.partial(lambda t: last_logged(part) >= t, target)
+        assert kill_when(train(part, env), reached), f"run ended before step {target} {why}"
     proc = train(part, env)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     return whole, part, why
@@ -118,7 +121,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(killed, capsys):
 
 
 def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tiny, tmp_path):
-    from gptjax.tracking import Tracker
+    from gptjax.train.tracking import Tracker
 
     run = tmp_path / "run"
     run.mkdir()

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import config, trainer
-from gptjax.checkpoint import Checkpoints, digest
-from gptjax.tracking import read_metrics
+from gptjax import config
+from gptjax.train import trainer
+from gptjax.train.checkpoint import Checkpoints, digest
+from gptjax.train.tracking import read_metrics
 
 COMMON = ["train.lr_decay_steps=20", "train.eval_every=10", "train.checkpoint_every=3", "train.log_every=5"]
 

@@ -13,11 +13,14 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from gptjax import analysis, config, inspect, optim, render
-from gptjax.checkpoint import Checkpoints
+from gptjax import config
+from gptjax.data.tokenizer import CharTokenizer
+from gptjax.look import analysis, render
+from gptjax.look import cli as inspect
 from gptjax.model import GPT, count_params
-from gptjax.tokenizer import CharTokenizer
-from gptjax.trainer import write_run_files
+from gptjax.train import optim
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.trainer import write_run_files
 from tests.conftest import ROOT
 
 PRESETS = sorted(p.stem for p in config.CONFIG_DIR.glob("*.yaml"))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from gptjax import sharding
-from gptjax.tracking import read_metrics
+from gptjax.train.tracking import read_metrics
 from tests.conftest import ROOT
 from tests.multidevice_worker import COMMON, SAVE_AT, STEPS
 

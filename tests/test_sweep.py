@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from gptjax import config, grid, plots, stats, sweep, trainer
-from gptjax.checkpoint import Checkpoints
-from gptjax.tracking import read_metrics
+from gptjax import config
+from gptjax.ablate import grid, plots, stats, sweep
+from gptjax.train import trainer
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.tracking import read_metrics
 from tests.conftest import run_main
 
 STEPS = 6

@@ -6,8 +6,8 @@ import shutil
 import pytest
 import tiktoken
 
-from gptjax import tokenizer as tokenizers
-from gptjax.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError
+from gptjax.data import tokenizer as tokenizers
+from gptjax.data.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError
 
 SAMPLES = ["Hello world", "", " leading space", "ROMEO:\nWhat light through yonder window breaks?",
            "naïve café — 日本語 🙂", "tabs\tand\r\nnewlines\n\n\n", "It's we'll they've I'd 12345 3.14",

@@ -4,9 +4,9 @@
 import jax
 import numpy as np
 
-from gptjax import trainer
-from gptjax.checkpoint import Checkpoints
-from gptjax.tracking import read_metrics
+from gptjax.train import trainer
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.tracking import read_metrics
 
 
 def setup(cfg):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax import tokenizer as tokenizers
-from gptjax.errors import UserError
 from gptjax.config import DataConfig
+from gptjax.data import tokenizer as tokenizers
+from gptjax.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the cached layout or tokenization changes
 LOADERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -109,7 +109,8 @@ def read_documents(cfg: DataConfig) -> list[str]:
         if isinstance(root, UnicodeDecodeError):
             raise DataError(f"dataset {cfg.source!r} is not UTF-8 text ({root.reason} at byte {root.start}); "
                             f"re-encode it as UTF-8") from None
-        raise DataError(f"cannot load dataset {cfg.source!r}: {str(root).splitlines()[0] if str(root) else type(root).__name__}") from None
+        reason = str(root).splitlines()[0] if str(root) else type(root).__name__
+        raise DataError(f"cannot load dataset {cfg.source!r}: {reason}") from None
     if cfg.text_field not in ds.column_names:
         raise DataError(f"dataset {cfg.source!r} has no column {cfg.text_field!r} (columns: "
                         f"{', '.join(ds.column_names)}); set data.text_field")

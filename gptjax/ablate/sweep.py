@@ -1,9 +1,9 @@
 """Ablations in one command: train every point of a grid of config values, then compare them.
 
-  python -m gptjax.sweep BASE_CONFIG model.n_head=2,4,8 model.n_layer=2,4,6 [section.key=value ...]
+  gptjax sweep BASE_CONFIG model.n_head=2,4,8 model.n_layer=2,4,6 [section.key=value ...]
                          [--seeds N] [--out SWEEP_DIR] [--match params]
-  python -m gptjax.sweep configs/ablations/heads_layers_cpu.yaml      (a sweep file: base, grid, set, ...)
-  python -m gptjax.sweep report SWEEP_DIR | RUN_DIR ... [--out DIR]   (results.csv/.md, curves.png, heatmap.png)
+  gptjax sweep configs/ablations/heads_layers_cpu.yaml      (a sweep file: base, grid, set, ...)
+  gptjax sweep report SWEEP_DIR | RUN_DIR ... [--out DIR]   (results.csv/.md, curves.png, heatmap.png)
 
 A comma sweeps a key; any key can be swept. Seed i of a point trains with train.seed + i, in
 SWEEP_DIR/POINT/seed=i: an ordinary run directory (sample.py and train.py work on it). Re-running
@@ -22,16 +22,16 @@ import sys
 import time
 from pathlib import Path
 
-from gptjax import errors, grid
+from gptjax import errors
+from gptjax.ablate import grid
 from gptjax.config import Config
 from gptjax.errors import UserError
-
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m gptjax.sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="gptjax sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="base config (preset name or path) or sweep file (configs/ablations/*.yaml)")
     parser.add_argument("items", nargs="*", help="section.key=v1,v2,... sweeps a key; section.key=value sets it")
@@ -40,13 +40,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--match", choices=grid.MATCHES, help="params: pick n_embd per point to keep the base's size")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_intermixed_args(argv)
-    command = " ".join(["python -m gptjax.sweep", *argv])
+    command = " ".join(["gptjax sweep", *argv])
     return errors.run_cli(lambda: run(grid.make_spec(args.target, args.items, args.seeds, args.out, args.match),
                                       command), debug=args.debug)
 
 
 def report_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gptjax.sweep report",
+    parser = argparse.ArgumentParser(prog="gptjax sweep report",
                                      description="Compare runs: results.csv, results.md, curves.png, heatmap.png.")
     parser.add_argument("paths", nargs="+", help="a sweep directory, or run directories (folders of them work too)")
     parser.add_argument("--out", help="where to write the report (default: the one directory given)")
@@ -54,7 +54,7 @@ def report_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def make():
-        from gptjax import report
+        from gptjax.ablate import report
 
         if args.out is None and len(args.paths) > 1:
             raise UserError("several directories given: say where the report goes with --out DIR")
@@ -91,7 +91,7 @@ def run(spec: grid.Spec, command: str = "") -> None:
     write_plan(sweep_dir, spec, points, command)
     with compile_cache(sweep_dir / ".jax_cache"):
         failed = train_all(jobs)
-    from gptjax import report  # after training: plotting libraries are not needed before
+    from gptjax.ablate import report  # after training: plotting libraries are not needed before
 
     result = report.write([sweep_dir], sweep_dir)
     print(result.summary)
@@ -116,7 +116,7 @@ def _write_json(path: Path, obj) -> None:
 
 def steps_done(cfg: Config) -> int:
     """The latest checkpoint's step, read without building the model (0: none yet)."""
-    from gptjax.checkpoint import Checkpoints
+    from gptjax.train.checkpoint import Checkpoints
 
     run_dir = Path(cfg.run.out_dir)
     if not (run_dir / "checkpoints").is_dir():
@@ -192,7 +192,7 @@ def timed_train(cfg: Config) -> tuple[float, str | None]:
     # executables, so the compile caches are cleared after it to keep memory flat over a long sweep.
     import jax
 
-    from gptjax import trainer
+    from gptjax.train import trainer
 
     start, error = time.perf_counter(), None
     try:

@@ -1,7 +1,7 @@
 """Hugging Face GPT-2 checkpoints in and out of gptjax run directories, and the source of a fine-tune.
 
-  python -m gptjax.convert from-hf SRC RUN_DIR   SRC: a local HF GPT-2 folder, or gpt2[-medium|-large|-xl] (hub)
-  python -m gptjax.convert to-hf RUN_DIR OUT     writes OUT/config.json + OUT/model.safetensors
+  gptjax convert from-hf SRC RUN_DIR   SRC: a local HF GPT-2 folder, or gpt2[-medium|-large|-xl] (hub)
+  gptjax convert to-hf RUN_DIR OUT     writes OUT/config.json + OUT/model.safetensors
 
 A converted run directory is an ordinary one whose step-0 checkpoint holds weights only:
 sample.py reads it as is, and training it (in place, or as `train.init_from`) starts a
@@ -19,12 +19,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gptjax import errors, hf, runs, trainer
-from gptjax import tokenizer as tokenizers
-from gptjax.checkpoint import Checkpoints
+from gptjax import errors
 from gptjax.config import Config, ConfigError, DataConfig, ModelConfig, RunConfig
-from gptjax.hf import ConvertError
+from gptjax.data import tokenizer as tokenizers
+from gptjax.interop import hf
+from gptjax.interop.hf import ConvertError
 from gptjax.model import GPT
+from gptjax.train import runs, trainer
+from gptjax.train.checkpoint import Checkpoints
 
 SHAPE_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "bias")
 
@@ -127,7 +129,7 @@ def open_source(spec: str) -> Source:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gptjax.convert", description=__doc__,
+    parser = argparse.ArgumentParser(prog="gptjax convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -18,14 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax import data, optim, sharding
-from gptjax.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
+from gptjax import data, sharding
 from gptjax.config import Config, ConfigError
 from gptjax.errors import UserError
 from gptjax.model import GPT
-from gptjax.runs import RunError, check_disk_space, check_run_dir, write_run_files  # noqa: F401 (trainer.RunError)
-from gptjax.tracking import Tracker
-from gptjax.train_step import TrainState, jit_eval_step, jit_train_step
+from gptjax.train import optim
+from gptjax.train.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
+from gptjax.train.runs import RunError, check_disk_space, check_run_dir, write_run_files  # noqa: F401 (trainer.RunError)
+from gptjax.train.step import TrainState, jit_eval_step, jit_train_step
+from gptjax.train.tracking import Tracker
 
 
 class TrainingError(UserError):
@@ -169,7 +170,7 @@ def train(cfg: Config) -> dict:
     """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
     source = None
     if cfg.train.init_from:
-        from gptjax import convert  # here, not at the top: convert reads runs through runs.py, which imports us
+        from gptjax.interop import convert  # here, not at the top: convert reads runs through runs.py, which imports us
 
         source = convert.open_source(cfg.train.init_from)
         cfg = source.apply(cfg)  # the model's shape is the source's
@@ -270,7 +271,8 @@ class Loop:
             f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "")
         if mode == "skip":  # the jitted step already kept the old state for these steps
             self.skipped += len(bad)
-            self.tracker.message(f"warning: {what}; update{'s' if len(bad) > 1 else ''} skipped (train.on_nonfinite=skip)")
+            plural = "s" if len(bad) > 1 else ""
+            self.tracker.message(f"warning: {what}; update{plural} skipped (train.on_nonfinite=skip)")
             return state, None
         self.ckpts.manager.wait_until_finished()
         newest = self.ckpts.latest_step()

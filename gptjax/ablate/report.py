@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax import config, grid, runs
+from gptjax import config
+from gptjax.ablate import grid
+from gptjax.ablate.stats import welch
 from gptjax.errors import UserError
-from gptjax.stats import welch
-from gptjax.tracking import read_metrics
+from gptjax.train import runs
+from gptjax.train.tracking import read_metrics
 
 NOT_THE_POINT = ("train.seed", "data.cache_dir")  # nor anything under run.*: they don't change what is learned
 CSV_FIELDS = ("params", "flops_per_token", "tokens_seen", "steps", "seeds", "final_val_loss_mean",
@@ -130,7 +132,7 @@ def group(runs: list[RunResult], axes: list[str]) -> tuple[list[PointResult], li
 
 def write(paths: list[Path], out: Path) -> Report:
     """Read the runs in `paths` and write results.csv, results.md, curves.png and heatmap.png to `out`."""
-    from gptjax import plots  # matplotlib only where a report is made
+    from gptjax.ablate import plots  # matplotlib only where a report is made
 
     plan = _read_plan(paths)
     runs_dirs = find_runs(paths)

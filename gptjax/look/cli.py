@@ -1,4 +1,4 @@
-"""Look inside a model: python -m gptjax.inspect {params,next,attention,embeddings,lens} ...
+"""Look inside a model: gptjax inspect {params,next,attention,embeddings,lens} ...
 
 The command line over gptjax/analysis.py: parse flags, load the run, check the flags against
 the model, then print the tables and save the pictures that gptjax/render.py makes. Every
@@ -17,11 +17,11 @@ import numpy as np
 from gptjax import errors
 
 EPILOG = """examples:
-  python -m gptjax.inspect params --config gpt3
-  python -m gptjax.inspect next runs/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 0.5 1 2
-  python -m gptjax.inspect attention runs/shakespeare_char_cpu --prompt "To be, or not" --out attention.png
-  python -m gptjax.inspect embeddings runs/shakespeare_char_cpu --analogy A a b
-  python -m gptjax.inspect lens runs/shakespeare_char_cpu --prompt "ROMEO:" --out lens.png"""
+  gptjax inspect params --config gpt3
+  gptjax inspect next runs/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 0.5 1 2
+  gptjax inspect attention runs/shakespeare_char_cpu --prompt "To be, or not" --out attention.png
+  gptjax inspect embeddings runs/shakespeare_char_cpu --analogy A a b
+  gptjax inspect lens runs/shakespeare_char_cpu --prompt "ROMEO:" --out lens.png"""
 
 
 class InspectError(errors.UserError):
@@ -43,7 +43,9 @@ def check_range(flag: str, value: int | None, size: int, what: str) -> list[int]
 
 def model_config(args):
     """The model config to count: a run directory's, or a preset's with n_vocab resolved as training would."""
-    from gptjax import config, runs, tokenizer
+    from gptjax import config
+    from gptjax.data import tokenizer
+    from gptjax.train import runs
 
     if args.config is None:  # the positional words are one run directory
         if len(args.targets) != 1:
@@ -64,7 +66,7 @@ def model_config(args):
 
 
 def cmd_params(args) -> None:
-    from gptjax import analysis, render
+    from gptjax.look import analysis, render
 
     cfg, source = model_config(args)
     print(render.params_text(cfg, source, analysis.param_groups(analysis.abstract_model(cfg)), args.all_layers))
@@ -75,14 +77,14 @@ def cmd_params(args) -> None:
 
 
 def load_run(args):
-    from gptjax import runs
+    from gptjax.train import runs
 
     run = runs.load(args.run_dir, args.step)
     return run, run.model()
 
 
 def encode_prompt(run, text: str) -> list[int]:
-    from gptjax import analysis
+    from gptjax.look import analysis
 
     ids = analysis.prompt_ids(run.tokenizer, text, run.cfg.model.n_ctx)
     if not ids:
@@ -93,7 +95,7 @@ def encode_prompt(run, text: str) -> list[int]:
 
 
 def cmd_next(args) -> None:
-    from gptjax import analysis, render
+    from gptjax.look import analysis, render
 
     if any(not t >= 0 for t in args.temperature):
         raise InspectError(f"--temperature must be >= 0 (0 is the argmax limit), got {args.temperature}")
@@ -109,7 +111,7 @@ def cmd_next(args) -> None:
 
 
 def cmd_attention(args) -> None:
-    from gptjax import analysis, render
+    from gptjax.look import analysis, render
 
     render.check_out(args.out)
     run, model = load_run(args)
@@ -119,7 +121,8 @@ def cmd_attention(args) -> None:
     attn_lhts = analysis.attention_maps(model, ids)
     tokens = [run.tokenizer.decode([i]) for i in ids]
     render.attention_png(attn_lhts, tokens, layers, heads, args.out)
-    print(f"wrote {args.out}: attention over {len(ids)} tokens, {fmt_list('layer', layers)} x {fmt_list('head', heads)} "
+    print(f"wrote {args.out}: attention over {len(ids)} tokens, "
+          f"{fmt_list('layer', layers)} x {fmt_list('head', heads)} "
           f"(rows: queries, columns: the keys they attend to)")
 
 
@@ -129,7 +132,7 @@ def fmt_list(what: str, xs: list[int]) -> str:
 
 def word_ids(tok, flag: str, word: str) -> list[int]:
     """A word's token ids; a word of several tokens is said so, and stands for the mean of their embeddings."""
-    from gptjax import render
+    from gptjax.look import render
 
     if not word:
         raise InspectError(f"{flag} needs a non-empty token")
@@ -144,7 +147,7 @@ def word_ids(tok, flag: str, word: str) -> list[int]:
 
 
 def cmd_embeddings(args) -> None:
-    from gptjax import analysis, render
+    from gptjax.look import analysis, render
 
     if (args.nearest is None) == (args.analogy is None):
         raise InspectError("embeddings takes --nearest TOKEN or --analogy A B C (one of the two)")
@@ -171,7 +174,7 @@ def cmd_embeddings(args) -> None:
 
 
 def cmd_lens(args) -> None:
-    from gptjax import analysis, render
+    from gptjax.look import analysis, render
 
     if args.out:
         render.check_out(args.out)
@@ -199,7 +202,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m gptjax.inspect", description=__doc__.splitlines()[0], epilog=EPILOG,
+    p = Parser(prog="gptjax inspect", description=__doc__.splitlines()[0], epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

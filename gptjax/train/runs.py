@@ -15,10 +15,10 @@ import yaml
 from flax import nnx
 
 from gptjax import config as config_lib
-from gptjax import tokenizer as tokenizers
-from gptjax.checkpoint import CheckpointError, Checkpoints
+from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError
 from gptjax.model import GPT
+from gptjax.train.checkpoint import CheckpointError, Checkpoints
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
@@ -41,7 +41,8 @@ def check_run_dir(cfg: config_lib.Config) -> Path:
             for key in keys or new[section]:
                 if old.get(section, {}).get(key) != new[section][key]:
                     raise RunError(f"{run_dir} holds a run with {section}.{key}={old.get(section, {}).get(key)!r}, "
-                                   f"but this config says {new[section][key]!r}; use another run.out_dir to start a new run")
+                                   f"but this config says {new[section][key]!r}; "
+                                   f"use another run.out_dir to start a new run")
     check_writable(run_dir)
     return run_dir
 
@@ -68,7 +69,8 @@ def check_disk_space(run_dir: Path, state_bytes: int, keep: int) -> None:
     if need > free:
         raise RunError(f"not enough disk space in {probe} for this run's checkpoints: each takes about "
                        f"{_size(state_bytes)} and up to {keep + 2} exist at once ({_size(need)} needed, "
-                       f"{_size(free)} free); free some space, lower run.keep_checkpoints, or set run.out_dir elsewhere")
+                       f"{_size(free)} free); free some space, lower run.keep_checkpoints, "
+                       f"or set run.out_dir elsewhere")
 
 
 def _size(n: int) -> str:

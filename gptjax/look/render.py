@@ -1,4 +1,4 @@
-"""What `python -m gptjax.inspect` shows: plain-text tables, and attention heatmaps and the logit lens as PNGs."""
+"""What `gptjax inspect` shows: plain-text tables, and attention heatmaps and the logit lens as PNGs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gptjax import analysis  # noqa: E402
 from gptjax.errors import UserError  # noqa: E402
+from gptjax.look import analysis  # noqa: E402
 
 
 def show(text: str) -> str:
