@@ -11,7 +11,7 @@ from flax import nnx
 
 from gptjax import config
 from gptjax.config import ModelConfig
-from gptjax.model import GPT, causal_attention, count_params, init_cache, next_key, normal
+from gptjax.model import GPT, blocked_causal_attention, count_params, init_cache, next_key, normal
 
 SMALL = ModelConfig(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 
@@ -98,7 +98,7 @@ def test_blocked_cpu_attention_equals_masked_attention_and_its_gradients(T):
     # The CPU path splits queries into blocks (130 gives 64 + 64 + 2) and never computes
     # the masked scores; values and gradients must be those of the plain masked softmax.
     q, k, v, g = (jax.random.normal(key, (2, T, 3, 8)) for key in jax.random.split(jax.random.key(0), 4))
-    blocked, blocked_vjp = jax.vjp(causal_attention, q, k, v)
+    blocked, blocked_vjp = jax.vjp(blocked_causal_attention, q, k, v)
     plain, plain_vjp = jax.vjp(lambda *a: jax.nn.dot_product_attention(*a, is_causal=True), q, k, v)
     np.testing.assert_allclose(blocked, plain, atol=1e-5)
     for ours, theirs in zip(blocked_vjp(g), plain_vjp(g)):

@@ -118,7 +118,7 @@ def attention_probs(attn, x_btd: jax.Array) -> jax.Array:
     """softmax(QKᵀ/√K) with the causal mask, from the layer's own W_Q, W_K and biases.
 
     `x_btd` is the attention layer's input (the block's ln_1 output). The model's own attention
-    (`model.causal_attention`) never returns these weights, so they are recomputed.
+    (`model.attention`) never returns these weights, so they are recomputed.
     """
     dtype = attn.dtype
     q_bthk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, attn.wq_dhk[...].astype(dtype)), attn.bq_hk)

@@ -3,16 +3,10 @@
 Dimension key, reused in einsum strings, logical sharding names and array suffixes:
   B batch   T time (queries)   S time (keys/values)   D model width (n_embd)
   H heads   K head size        F MLP width (4·D)      V vocabulary (n_vocab)
-  N tokens, B·T flattened          C the three attention projections: query, key, value
 
-Inside a block every projection is a 2-D matmul over N tokens (x_nd · w_df). Given einsums
-over [B, T, D], XLA's CPU backend transposes whole activations around the matmuls of the
-backward pass, and the CPU recipe's step took 1.5x as long (BENCHMARKS.md). Blocks still
-take and return x_btd, so the residual stream reads as batch × time.
-
-Every parameter carries its logical axis names (`axes=`), and the main activations are
-pinned by logical names too (`constrain`); sharding.py maps both to the device mesh in one
-table, so nothing here knows about devices.
+Every parameter carries its logical axis names (`axes=`) and the main activations are pinned
+by logical names too (`constrain`); sharding.py maps both to the device mesh in one table, so
+nothing here knows about devices.
 """
 
 from __future__ import annotations
@@ -24,41 +18,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
+from gptjax.model.attention import attention
+from gptjax.model.init import constant, normal
 from gptjax.sharding import constrain
 
 KVCache = list[dict[str, jax.Array]]  # per layer: {"k": k_bshk, "v": v_bshk}
 BTD = ("batch", None, "act_embed")  # logical axes of the residual stream
-
-
-def normal(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float) -> nnx.Param:
-    """A float32 weight drawn from N(0, std²), tagged with its logical axis names."""
-    # Drawn flat, then shaped: the same numbers (threefry numbers the elements in row-major
-    # order either way), but XLA:CPU compiles a 1-D draw 3x faster than a 2- or 3-D one,
-    # and the draws were half the compile time of a small run.
-    flat = jax.random.normal(next_key(rngs.params), (math.prod(shape),), jnp.float32)
-    return nnx.Param(std * flat.reshape(shape), axes=axes)
-
-
-def next_key(stream: nnx.RngStream) -> jax.Array:
-    """The key `stream()` returns, at a constant cost while tracing.
-
-    nnx's own call stores the new count with `count[...] =`, which asks the traced count for
-    its `.sharding`; jax answers with an error whose message scans the whole trace so far, so
-    building a model under eval_shape or jit took time quadratic in its number of weights
-    (21 s for gpt3's shapes). `set_value` stores the count without asking.
-    """
-    key = jax.random.fold_in(stream.key[...], stream.count[...])
-    stream.count.set_value(stream.count[...] + 1)
-    return key
-
-
-def constant(shape: tuple[int, ...], axes: tuple[str | None, ...], value: float, enabled: bool = True):
-    """A float32 bias or gain filled with `value`; None when the config turns biases off."""
-    return nnx.Param(jnp.full(shape, value, jnp.float32), axes=axes) if enabled else None
-
-
-def add_bias(y, b: nnx.Param | None):
-    return y if b is None else y + b[...].astype(y.dtype)
+BTHK = ("batch", None, "act_heads", None)
 
 
 class GPT(nnx.Module):
@@ -83,19 +49,18 @@ class GPT(nnx.Module):
         return self.unembed(x_btd), cache
 
     def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0):
-        T = idx_bt.shape[1]
-        positions = jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, T)
-        # Look tokens up in the whole table (gathered, as FSDP does for every weight it uses):
-        # on a split table XLA gathers the batch's activations instead to scatter the gradient.
+        """The final residual stream, normalised: x_btd (and the updated cache when decoding)."""
+        positions_td = jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, idx_bt.shape[1])
+        # Tokens are looked up in the whole table (gathered, as FSDP does for every weight it
+        # uses): on a split table XLA would gather the batch's activations to scatter the gradient.
         wte_vd = constrain(self.wte_vd[...], ("vocab", None))
-        x_btd = (wte_vd[idx_bt] + positions).astype(self.dtype)
-        x_btd = constrain(self.drop(x_btd, rngs=rngs, deterministic=rngs is None), BTD)
+        x_btd = (wte_vd[idx_bt] + positions_td).astype(self.dtype)
+        x_btd = constrain(dropout(self.drop, x_btd, rngs), BTD)
         new_cache = []
         for i, block in enumerate(self.blocks):
             x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos)
             new_cache.append(layer_cache)
-        B, T, D = x_btd.shape
-        return self.ln_f(x_btd.reshape(B * T, D)).reshape(B, T, D), (None if cache is None else new_cache)
+        return self.ln_f(x_btd), (None if cache is None else new_cache)
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
         # Tied weights: W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
@@ -114,13 +79,10 @@ class Block(nnx.Module):
         self.drop = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x_btd, *, rngs=None, cache=None, pos=0):
-        deterministic = rngs is None
-        B, T, D = x_btd.shape
-        x_nd = x_btd.reshape(B * T, D)
-        attn_nd, cache = self.attn(self.ln_1(x_nd), T, cache=cache, pos=pos)
-        x_nd = x_nd + self.drop(attn_nd, rngs=rngs, deterministic=deterministic)
-        x_nd = x_nd + self.drop(self.mlp(self.ln_2(x_nd)), rngs=rngs, deterministic=deterministic)
-        return constrain(x_nd.reshape(B, T, D), BTD), cache
+        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos)
+        x_btd = x_btd + dropout(self.drop, attn_btd, rngs)
+        x_btd = x_btd + dropout(self.drop, self.mlp(self.ln_2(x_btd)), rngs)
+        return constrain(x_btd, BTD), cache
 
 
 class Attention(nnx.Module):
@@ -139,71 +101,24 @@ class Attention(nnx.Module):
         self.bv_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
         self.bo_d = constant((D,), ("embed",), 0.0, cfg.bias)
 
-    def __call__(self, x_nd, T: int, *, cache=None, pos=0):
-        """Attention over sequences of T tokens (x_nd holds N = B·T); returns out_nd."""
-        if cache is None:
-            q_bthk, k_bshk, v_bshk = self._project_qkv(x_nd, T)
-            out_bthk = causal_attention(q_bthk, k_bshk, v_bshk)
-        else:
-            # Decoding reads every weight once per token, and a stacked copy made per token
-            # would add to that traffic (cached sampling ran 1.4x slower): three projections.
-            q_bthk, k_bshk, v_bshk = (self._project(x_nd, T, w_dhk, b_hk) for w_dhk, b_hk in
-                                      ((self.wq_dhk, self.bq_hk), (self.wk_dhk, self.bk_hk), (self.wv_dhk, self.bv_hk)))
-            # Write this chunk's keys/values at pos, then attend over the whole fixed-size
-            # cache; the mask hides slots past each query's own position.
-            k_bshk = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_bshk.astype(cache["k"].dtype), pos, axis=1)
-            v_bshk = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_bshk.astype(cache["v"].dtype), pos, axis=1)
+    def __call__(self, x_btd, *, cache=None, pos=0):
+        q_bthk, k_bshk, v_bshk = self.qkv(x_btd)
+        if cache is not None:  # decoding: write this chunk's keys and values at pos, attend over all slots
+            k_bshk, v_bshk = (jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), pos, 1)
+                              for name, new in (("k", k_bshk), ("v", v_bshk)))
             cache = {"k": k_bshk, "v": v_bshk}
-            S = k_bshk.shape[1]
-            mask = (jnp.arange(S)[None, :] <= pos + jnp.arange(T)[:, None])[None, None]
-            out_bthk = jax.nn.dot_product_attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
-                                                    mask=mask)
-        out_nhk = out_bthk.reshape(-1, *out_bthk.shape[2:])
-        out_nd = jnp.einsum("nhk,hkd->nd", out_nhk, self.wo_hkd[...].astype(self.dtype))
-        return add_bias(out_nd, self.bo_d), cache
+        out_bthk = attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
+                             None if cache is None else pos)
+        return self.out(out_bthk), cache
 
-    def _project(self, x_nd, T, w_dhk, b_hk):
-        y_nhk = add_bias(jnp.einsum("nd,dhk->nhk", x_nd, w_dhk[...].astype(self.dtype)), b_hk)
-        return constrain(y_nhk.reshape(-1, T, *y_nhk.shape[1:]), ("batch", None, "act_heads", None))
+    def qkv(self, x_btd):
+        """Queries, keys and values per head: q_bthk, k_bthk, v_bthk."""
+        return [constrain(dense(x_btd, w, b, self.dtype), BTHK)
+                for w, b in ((self.wq_dhk, self.bq_hk), (self.wk_dhk, self.bk_hk), (self.wv_dhk, self.bv_hk))]
 
-    def _project_qkv(self, x_nd, T):
-        # One [D, 3·H·K] matmul instead of three [D, H·K] ones: on the baby GPT's CPU step the
-        # wider product (and its gradients) ran 1.1x faster end to end. The weights stay
-        # separate parameters (checkpoints and GPT-2 imports are unchanged); stacking them
-        # costs one small copy per step.
-        w_dchk = jnp.stack([self.wq_dhk[...], self.wk_dhk[...], self.wv_dhk[...]], axis=1)
-        y_nchk = jnp.einsum("nd,dchk->nchk", x_nd, w_dchk.astype(self.dtype))
-        if self.bq_hk is not None:
-            y_nchk = y_nchk + jnp.stack([self.bq_hk[...], self.bk_hk[...], self.bv_hk[...]]).astype(y_nchk.dtype)
-        y_btchk = y_nchk.reshape(-1, T, *y_nchk.shape[1:])
-        return [constrain(y_btchk[:, :, c], ("batch", None, "act_heads", None)) for c in range(3)]
-
-
-def causal_attention(q_bthk, k_bshk, v_bshk, block: int = 64):
-    """softmax(QKᵀ/√K)V where each query sees the keys up to its own position.
-
-    Accelerators take `jax.nn.dot_product_attention`: cuDNN's flash attention on GPUs that
-    support it, XLA's fused attention elsewhere. On CPU, queries go in blocks of `block`
-    (more for long contexts, so the unrolled loop stays short), each attending only to the
-    keys at or before its last position: the masked half of the score matrix is never
-    computed, in the forward pass or the backward. With heads moved ahead of time once, the
-    baby GPT's CPU step ran 1.14x faster than through `dot_product_attention`.
-    """
-    if jax.default_backend() != "cpu":
-        return jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, is_causal=True)
-    T, K = q_bthk.shape[1], q_bthk.shape[3]
-    block = max(block, -(-T // 8))
-    q_bhtk, k_bhsk, v_bhsk = (x.transpose(0, 2, 1, 3) for x in (q_bthk, k_bshk, v_bshk))
-    q_bhtk = q_bhtk * jnp.asarray(K ** -0.5, q_bhtk.dtype)
-    outs = []
-    for start in range(0, T, block):
-        end = min(start + block, T)
-        scores_bhts = jnp.einsum("bhtk,bhsk->bhts", q_bhtk[:, :, start:end], k_bhsk[:, :, :end],
-                                 preferred_element_type=jnp.float32)
-        visible_ts = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
-        probs_bhts = jax.nn.softmax(jnp.where(visible_ts, scores_bhts, -jnp.inf), axis=-1)
-        outs.append(jnp.einsum("bhts,bhsk->bhtk", probs_bhts.astype(v_bhsk.dtype), v_bhsk[:, :, :end]))
-    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
+    def out(self, o_bthk):
+        """The heads' outputs, concatenated and projected back to the residual stream by W_O."""
+        return dense(o_bthk, self.wo_hkd, self.bo_d, self.dtype, contract=2)
 
 
 class MLP(nnx.Module):
@@ -215,10 +130,9 @@ class MLP(nnx.Module):
         self.b_up_f = constant((F,), ("mlp",), 0.0, cfg.bias)
         self.b_down_d = constant((D,), ("embed",), 0.0, cfg.bias)
 
-    def __call__(self, x_nd):
-        h_nf = add_bias(jnp.einsum("nd,df->nf", x_nd, self.w_up_df[...].astype(self.dtype)), self.b_up_f)
-        h_nf = constrain(jax.nn.gelu(h_nf, approximate=True), ("batch", "act_mlp"))  # GPT-2's tanh GELU
-        return add_bias(jnp.einsum("nf,fd->nd", h_nf, self.w_down_fd[...].astype(self.dtype)), self.b_down_d)
+    def __call__(self, x_btd):
+        h_btf = jax.nn.gelu(dense(x_btd, self.w_up_df, self.b_up_f, self.dtype), approximate=True)  # GPT-2's GELU
+        return dense(constrain(h_btf, ("batch", None, "act_mlp")), self.w_down_fd, self.b_down_d, self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -226,13 +140,33 @@ class LayerNorm(nnx.Module):
         self.scale_d = constant((cfg.n_embd,), ("embed",), 1.0)
         self.bias_d = constant((cfg.n_embd,), ("embed",), 0.0, cfg.bias)
 
-    def __call__(self, x_nd):
+    def __call__(self, x_btd):
         # Statistics in float32 whatever the compute dtype: bf16 variance is too coarse.
-        x = x_nd.astype(jnp.float32)
+        x = x_btd.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d[...]
-        return add_bias(y, self.bias_d).astype(x_nd.dtype)
+        return add_bias(y, self.bias_d).astype(x_btd.dtype)
+
+
+def dense(x, w: nnx.Param, b: nnx.Param | None, dtype, contract: int = 1):
+    """x·W + b: x's last `contract` axes against W's first ones, e.g. x_btd·w_dhk -> y_bthk.
+
+    Computed as one 2-D matmul over all B·T tokens: given 3-D operands, XLA:CPU transposes
+    whole activations around the backward matmuls (a 1.5x slower step, BENCHMARKS.md).
+    """
+    lead, inner = x.shape[:-contract], math.prod(w.shape[:contract])
+    y = x.reshape(-1, inner) @ w[...].reshape(inner, -1).astype(dtype)
+    return add_bias(y.reshape(*lead, *w.shape[contract:]), b)
+
+
+def add_bias(y, b: nnx.Param | None):
+    return y if b is None else y + b[...].astype(y.dtype)
+
+
+def dropout(drop: nnx.Dropout, x, rngs: nnx.Rngs | None):
+    """Dropout while training (rngs given); the identity otherwise."""
+    return drop(x, rngs=rngs, deterministic=rngs is None)
 
 
 def compute_dtype(name: str):
