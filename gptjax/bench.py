@@ -76,8 +76,7 @@ def bench_train(cfg, steps: int) -> dict:
         return metrics["train_loss"]
 
     for _ in range(3):
-        # Waited for: steps run asynchronously, and the first timed step would otherwise wait
-        # for the warm-up ones too (with --steps 2, the median of two, that doubled the figure).
+        # Waited for: steps run asynchronously, so the first timed step would also wait for these.
         jax.block_until_ready(one())
     ms = median_ms(one, steps)
     return row(cfg, "train_step", ms, compile_s, tokens=cfg.tokens_per_step,

@@ -8,7 +8,6 @@ Anything wrong becomes one `ConfigError` line that says what to fix.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from gptjax.errors import UserError
+from gptjax.errors import UserError, did_you_mean, first_line
 
 # Presets ship inside the package; a configs/ folder in the working directory (the repo's, or a
 # user's edited copies) is looked in first.
@@ -194,6 +193,15 @@ class Config:
     def tokens_per_step(self) -> int:
         return self.train.batch_size * self.model.n_ctx
 
+    def resolve_vocab(self, data_vocab: int) -> Config:
+        """model.n_vocab defaults to the data's vocabulary; smaller is an error, larger pads."""
+        if self.model.n_vocab is None:
+            return self.replace(model={"n_vocab": data_vocab})
+        _check(self.model.n_vocab >= data_vocab,
+               f"model.n_vocab={self.model.n_vocab} is smaller than the data's vocabulary of {data_vocab}; "
+               f"remove model.n_vocab or set it to at least {data_vocab}")
+        return self
+
     def replace(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys changed: cfg.replace(model={"n_vocab": 65})."""
         return dataclasses.replace(self, **{
@@ -233,13 +241,12 @@ def resolve_path(name_or_path: str | None) -> Path:
 
 
 def _nearest(key: str) -> str:
-    match = difflib.get_close_matches(key, list(all_keys()), n=1, cutoff=0.5)
-    return f"; did you mean {match[0]}?" if match else "; see --help for every key"
+    return did_you_mean(key, all_keys()) or "; see --help for every key"
 
 
 def _one_line(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
-    msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+    msg = first_line(getattr(err, "msg", None) or err)
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and key:
         return f"unknown config key {key!r}{_nearest(key)}"
     if key:
@@ -253,7 +260,7 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]  # a ReaderError has no .problem
+        problem = getattr(e, "problem", None) or first_line(e)  # a ReaderError has no .problem
         raise ConfigError(f"config file {path}: YAML syntax error{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e}") from None
@@ -270,21 +277,19 @@ def _read_yaml(path: Path) -> dict:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """`section.key=value` strings into a nested dict; values parse as YAML scalars."""
-    tree: dict[str, dict[str, Any]] = {}
+    """`section.key=value` strings into a nested dict, values parsed by OmegaConf's dotlist grammar."""
+    items = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key.count(".") != 1:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. model.n_layer=4")
-        section, name = key.split(".")
-        if section not in SECTIONS:
+        if key.split(".")[0] not in SECTIONS:
             raise ConfigError(f"unknown config key {key!r}{_nearest(key)}")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            parsed = value
-        tree.setdefault(section, {})[name] = parsed
-    return tree
+        items.append(item if value.strip() else f"{key}=''")  # `key=` clears a string, as in YAML
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {first_line(e)}") from None
 
 
 def from_dict(tree: dict) -> Config:

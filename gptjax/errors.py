@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 import warnings
@@ -16,6 +17,17 @@ class UserError(ValueError):
         # Always one line: a key, value or path the user typed may hold a newline or a
         # control character, and is shown escaped rather than breaking the line.
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (libraries add pages of detail), or its type's name."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def did_you_mean(word: str, choices) -> str:
+    """"; did you mean X?" for the closest choice, or "" when none is close."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]}?" if match else ""
 
 
 def run_cli(main: Callable[[], None], debug: bool = False) -> int:

@@ -104,14 +104,10 @@ def sync(name: str) -> None:
 def mesh_devices(cfg: MeshConfig, rows: int) -> list:
     """The devices for a run's mesh: all of them, except for CPU cores split by JAX_NUM_CPU_DEVICES.
 
-    JAX_NUM_CPU_DEVICES=2 makes two CPU cores two JAX devices, and the run data-parallel
-    across them: 1.35x on the CPU recipe on 2 cores (BENCHMARKS.md). It is opt-in because
-    XLA:CPU's in-process all-reduce can deadlock: twice in the test suite and once in a
-    README training run, one device never reached a step's all-reduce and XLA aborted after
-    40 s ("Termination timeout for all reduce"); re-running resumes from the last checkpoint.
-    Split cores are a speed-up, not a request, so with the default mesh they follow the
-    batch: the most cores whose count divides its `rows`, rather than an error when 12 rows
-    meet 8 cores. Devices that are real (accelerators) or forced (XLA_FLAGS) must fit exactly.
+    The split (two CPU cores as two data-parallel devices) is opt-in: XLA:CPU's in-process
+    all-reduce has deadlocked with it (BENCHMARKS.md). Split cores are a speed-up, not a request,
+    so with the default mesh they follow the batch: the most cores whose count divides its `rows`.
+    Devices that are real (accelerators) or forced (XLA_FLAGS) must fit exactly.
     """
     devices = jax.devices()
     split_cores = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0

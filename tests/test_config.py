@@ -38,11 +38,14 @@ def test_overrides_apply_with_types():
     assert isinstance(cfg.train.lr, float)
 
 
-def test_derived_sizes_are_properties():
-    cfg = config.load("tiny", ["train.batch_size=8", "train.grad_accum=4"])
-    assert cfg.model.head_dim == cfg.model.n_embd // cfg.model.n_head
-    assert cfg.train.micro_batch_size == 2
-    assert cfg.tokens_per_step == 8 * cfg.model.n_ctx
+def test_derived_sizes_are_the_shapes_training_uses():
+    from gptjax.train import trainer
+
+    cfg, ds, mesh = trainer.setup(config.load("tiny", ["train.batch_size=8", "train.grad_accum=4"]))
+    x_abt, _ = trainer.train_batch(cfg, ds, 0, mesh)
+    assert x_abt.shape == (4, cfg.train.micro_batch_size, cfg.model.n_ctx) and x_abt.size == cfg.tokens_per_step
+    attn = GPT(cfg.model, rngs=nnx.Rngs(0)).blocks[0].attn
+    assert attn.wq_dhk.shape == (cfg.model.n_embd, cfg.model.n_head, cfg.model.head_dim)
 
 
 # Unknown keys, wrong types, bad sizes and n_embd % n_head are in tests/test_bad_input.py, through the CLI.

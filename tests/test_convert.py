@@ -23,7 +23,7 @@ from gptjax.data.tokenizer import IdsTokenizer, TokenizerError
 from gptjax.interop import convert, hf
 from gptjax.interop.hf import ConvertError
 from gptjax.model import GPT
-from gptjax.train import runs, trainer
+from gptjax.train import finetune, runs, trainer
 from gptjax.train.checkpoint import Checkpoints
 from gptjax.train.step import jit_eval_step
 from gptjax.train.tracking import read_metrics
@@ -245,7 +245,7 @@ def test_converted_run_fine_tunes_from_its_weights_and_loss_falls(synthetic_run,
     rows = read_metrics(tmp_path / "ft")
     # Step 0 is evaluated on the converted weights themselves, not on a fresh initialisation.
     source = runs.load(synthetic_run)
-    resolved, ds, mesh = trainer.setup(convert.open_source(str(synthetic_run)).apply(cfg))
+    resolved, ds, mesh = trainer.setup(finetune.open_source(str(synthetic_run)).apply(cfg))
     params = jax.device_put(source.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     expected = trainer.evaluate(resolved, ds, mesh, jit_eval_step(source.graphdef), params)["val_loss"]
     assert rows[0]["step"] == 0 and rows[0]["val_loss"] == pytest.approx(expected, abs=1e-4)

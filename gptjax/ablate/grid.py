@@ -9,7 +9,6 @@ that no config allows (n_embd % n_head != 0, ...) keeps its reason in `Point.err
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import json
 import re
@@ -21,6 +20,7 @@ import yaml
 
 from gptjax import config
 from gptjax.config import Config, ConfigError, ModelConfig
+from gptjax.errors import did_you_mean
 
 MATCHES = ("params",)
 MATCH_TOLERANCE = 0.05  # --match params: the largest relative gap to the base's parameter count we accept
@@ -58,8 +58,7 @@ class Point:
 def check_key(key: str) -> str:
     keys = config.all_keys()
     if key not in keys:
-        near = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.5)
-        raise ConfigError(f"unknown config key {key!r}" + (f"; did you mean {near[0]}?" if near else ""))
+        raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys)}")
     if key in UNSWEPT:
         raise ConfigError(f"{key} cannot be set in a sweep: {UNSWEPT[key]}")
     return key
@@ -158,8 +157,8 @@ def matched_width(model: ModelConfig, target: int) -> int:
     return h * min((lo, hi), key=lambda k: abs(params(k) - target))
 
 
-def _match(cfg: Config, target: int, vocab_of: Callable[[Config], int]) -> Config:
-    model = dataclasses.replace(cfg.model, n_vocab=cfg.model.n_vocab or vocab_of(cfg))
+def _match(cfg: Config, target: int, with_vocab: Callable[[Config], Config]) -> Config:
+    model = with_vocab(cfg).model
     width = matched_width(model, target)
     got = dataclasses.replace(model, n_embd=width).n_params
     if abs(got - target) > MATCH_TOLERANCE * target:
@@ -169,14 +168,14 @@ def _match(cfg: Config, target: int, vocab_of: Callable[[Config], int]) -> Confi
     return cfg.replace(model={"n_embd": width})
 
 
-def plan(spec: Spec, vocab_of: Callable[[Config], int]) -> list[Point]:
+def plan(spec: Spec, with_vocab: Callable[[Config], Config]) -> list[Point]:
     """Every point of the grid, in order, each with its config or the reason it cannot run.
 
-    vocab_of(cfg) gives the data's vocabulary, needed only by --match params (n_vocab may default to it).
+    with_vocab(cfg) resolves n_vocab from the data, needed only by --match params (it counts parameters).
     """
     fixed = overrides(spec.fixed)
     base = _matched_base(spec, fixed) if spec.match == "params" else None
-    target = dataclasses.replace(base.model, n_vocab=base.model.n_vocab or vocab_of(base)).n_params if base else 0
+    target = with_vocab(base).model.n_params if base else 0
     points = []
     for combo in itertools.product(*spec.axes.values()):
         values = dict(zip(spec.axes, combo))
@@ -184,7 +183,7 @@ def plan(spec: Spec, vocab_of: Callable[[Config], int]) -> list[Point]:
         width = [f"model.n_embd={values.get('model.n_head', base.model.n_head)}"] if base else []
         try:
             cfg = config.load(spec.base, [*fixed, *width, *overrides(values)])
-            cfg = _match(cfg, target, vocab_of) if base else cfg
+            cfg = _match(cfg, target, with_vocab) if base else cfg
             values = {key: value_of(cfg, key) for key in values}  # as the config reads them: 1e-3 -> 0.001
             points.append(Point(values, point_name(values), cfg))
         except ConfigError as e:

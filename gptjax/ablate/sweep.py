@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ from gptjax import errors
 from gptjax.ablate import grid
 from gptjax.config import Config
 from gptjax.errors import UserError
+from gptjax.files import atomic_write
 
 
 def main(argv: list[str]) -> int:
@@ -67,21 +65,17 @@ def report_main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------
 # Running a sweep
 
-@functools.cache
-def _data_vocab(data_cfg) -> int:
+def with_vocab(cfg: Config) -> Config:
+    """cfg with model.n_vocab resolved from its data, as training will."""
     from gptjax import data
 
-    return data.prepare(data_cfg).vocab_size
-
-
-def vocab_of(cfg: Config) -> int:
-    return cfg.model.n_vocab or _data_vocab(cfg.data)
+    return cfg.resolve_vocab(data.vocab_size(cfg.data))
 
 
 def run(spec: grid.Spec, command: str = "") -> None:
     """Train every run of the sweep that is not finished, then write the report."""
     sweep_dir = Path(spec.out)
-    points = grid.plan(spec, vocab_of)
+    points = grid.plan(spec, with_vocab)
     for point in points:
         if point.error:
             print(f"skipped {point.name}: {point.error}", flush=True)
@@ -109,9 +103,7 @@ def write_plan(sweep_dir: Path, spec: grid.Spec, points: list[grid.Point], comma
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def steps_done(cfg: Config) -> int:
@@ -154,8 +146,7 @@ def train_all(jobs: list[tuple[grid.Point, int, Config]]) -> list[str]:
 
 
 def _flops(cfg: Config, steps: int) -> float:
-    model = dataclasses.replace(cfg.model, n_vocab=vocab_of(cfg))
-    return max(0, steps) * cfg.tokens_per_step * model.flops_per_token()
+    return max(0, steps) * cfg.tokens_per_step * with_vocab(cfg).model.flops_per_token()
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ exactly the batches an uninterrupted one would, and any process can draw its own
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import numpy as np
 
 from gptjax.config import DataConfig
 from gptjax.data import tokenizer as tokenizers
-from gptjax.errors import UserError
+from gptjax.errors import UserError, first_line
 
 FORMAT_VERSION = 1  # bump when the cached layout or tokenization changes
 LOADERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -59,6 +60,14 @@ def prepare(cfg: DataConfig) -> Dataset:
     if not (folder / "meta.json").is_file():
         _build(cfg, source_id, folder)
     return _open(folder)
+
+
+@functools.cache
+def vocab_size(cfg: DataConfig) -> int:
+    """The data's vocabulary: GPT-2's without reading the data, the corpus's characters otherwise."""
+    if cfg.tokenizer == "gpt2":
+        return tokenizers.GPT2_VOCAB
+    return prepare(cfg).vocab_size
 
 
 def _source_identity(cfg: DataConfig) -> str:
@@ -109,8 +118,7 @@ def read_documents(cfg: DataConfig) -> list[str]:
         if isinstance(root, UnicodeDecodeError):
             raise DataError(f"dataset {cfg.source!r} is not UTF-8 text ({root.reason} at byte {root.start}); "
                             f"re-encode it as UTF-8") from None
-        reason = str(root).splitlines()[0] if str(root) else type(root).__name__
-        raise DataError(f"cannot load dataset {cfg.source!r}: {reason}") from None
+        raise DataError(f"cannot load dataset {cfg.source!r}: {first_line(root)}") from None
     if cfg.text_field not in ds.column_names:
         raise DataError(f"dataset {cfg.source!r} has no column {cfg.text_field!r} (columns: "
                         f"{', '.join(ds.column_names)}); set data.text_field")

@@ -20,6 +20,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GPT2_RANKS = ASSETS / "gpt2.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 EOT = "<|endoftext|>"
+GPT2_VOCAB = 50257
 
 
 class TokenizerError(UserError):
@@ -110,15 +111,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
     """tiktoken's `gpt2`/`r50k_base` encoding, built from the ranks shipped in assets/."""
     ranks = load_tiktoken_bpe(str(GPT2_RANKS), expected_hash=GPT2_RANKS_SHA256)
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={EOT: 50256}, explicit_n_vocab=50257)
-
-
-def make(kind: str, text: str | None = None):
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    if kind == "char":
-        return CharTokenizer.fit(text or "")
-    raise TokenizerError(f"unknown tokenizer {kind!r}; use char or gpt2")
+                             special_tokens={EOT: GPT2_VOCAB - 1}, explicit_n_vocab=GPT2_VOCAB)
 
 
 def from_json(spec: dict):

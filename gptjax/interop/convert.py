@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 checkpoints in and out of gptjax run directories, and the source of a fine-tune.
+"""Hugging Face GPT-2 checkpoints in and out of gptjax run directories.
 
   gptjax convert from-hf SRC RUN_DIR   SRC: a local HF GPT-2 folder, or gpt2[-medium|-large|-xl] (hub)
   gptjax convert to-hf RUN_DIR OUT     writes OUT/config.json + OUT/model.safetensors
@@ -11,7 +11,6 @@ fresh optimizer on those weights.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,15 +19,14 @@ import numpy as np
 from flax import nnx
 
 from gptjax import errors
-from gptjax.config import Config, ConfigError, DataConfig, ModelConfig, RunConfig
+from gptjax.config import Config, DataConfig, RunConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.interop import hf
 from gptjax.interop.hf import ConvertError
-from gptjax.model import GPT
-from gptjax.train import runs, trainer
+from gptjax.model import abstract_model
+from gptjax.train import runs
 from gptjax.train.checkpoint import Checkpoints
-
-SHAPE_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer", "bias")
+from gptjax.train.step import initial_rng
 
 
 def hf_tokenizer(n_vocab: int):
@@ -54,8 +52,8 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
     tok = hf_tokenizer(model_cfg.n_vocab)
     cfg = Config(model=model_cfg, data=DataConfig(tokenizer="gpt2" if tok.kind == "gpt2" else "char"),
                  run=RunConfig(out_dir=str(run_dir)))
-    abstract = nnx.state(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
-    meta = {"step": 0, "rng": np.asarray(trainer.initial_rng(cfg.train.seed)).tolist(), "config": cfg.to_dict(),
+    abstract = nnx.state(abstract_model(cfg.model), nnx.Param)
+    meta = {"step": 0, "rng": np.asarray(initial_rng(cfg.train.seed)).tolist(), "config": cfg.to_dict(),
             "val_loss": None, "train_loss": None, "opt_state": False, "converted_from": str(spec)}
     runs.write_run_files(run_dir, cfg, tok)
     ckpts = Checkpoints(run_dir)
@@ -75,57 +73,6 @@ def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(run.params))
     hf.write(out, run.cfg.model, params, run.tokenizer.eot_id)
     return out
-
-
-@dataclasses.dataclass
-class Source:
-    """What `train.init_from` names: the model's shape and tokenizer now, its weights when a run starts."""
-    spec: str
-    model: ModelConfig
-    tokenizer: object
-    load: object  # () -> pure dict of parameters
-
-    def apply(self, cfg: Config) -> Config:
-        """cfg with the source's model shape; dropout and compute_dtype stay the config's."""
-        default = ModelConfig()
-        # A value that is neither the default nor the source's was set on purpose: say so rather than ignore it.
-        clash = [key for key in SHAPE_KEYS
-                 if getattr(self.model, key) != getattr(cfg.model, key) != getattr(default, key)]
-        if clash:
-            def show(model):
-                return ", ".join(f"model.{key}={getattr(model, key)}" for key in clash)
-            raise ConfigError(f"train.init_from={self.spec} has {show(self.model)}, but the config sets "
-                              f"{show(cfg.model)}; remove those keys: a fine-tune keeps its source's shape")
-        if cfg.data.tokenizer == "gpt2" and self.model.n_vocab < hf.GPT2_VOCAB:
-            raise ConfigError(f"train.init_from={self.spec} has a vocabulary of {self.model.n_vocab}, too small "
-                              f"for data.tokenizer=gpt2 ({hf.GPT2_VOCAB}); use a model with GPT-2's vocabulary")
-        return cfg.replace(model={key: getattr(self.model, key) for key in SHAPE_KEYS})
-
-    def check_tokenizer(self, data_tokenizer) -> None:
-        # Token ids only mean the same thing under the same tokenizer; an ids source has no
-        # known tokenizer, so any data whose ids fit its vocabulary is accepted.
-        mine = self.tokenizer.to_json()
-        if self.tokenizer.kind != "ids" and mine != data_tokenizer.to_json():
-            same_kind = mine["kind"] == data_tokenizer.kind
-            what = "a different character set" if same_kind else f"the {mine['kind']} tokenizer"
-            raise ConfigError(f"train.init_from={self.spec} was trained with {what}, but the data uses "
-                              f"{data_tokenizer.kind}; set data.tokenizer={mine['kind']} (and the same data source)")
-
-    def params(self, abstract: nnx.State) -> nnx.State:
-        return as_state(abstract, self.load())
-
-
-def open_source(spec: str) -> Source:
-    """A gptjax run directory, a local Hugging Face GPT-2 folder, or a hub name (needs network)."""
-    path = Path(spec).expanduser()
-    if (path / runs.CONFIG_FILE).is_file():
-        cfg = runs.load_config(path)
-        return Source(spec, cfg.model, tokenizers.load(path / runs.TOKENIZER_FILE),
-                      lambda: nnx.to_pure_dict(runs.load(path).params))
-    src = hf.locate(spec)
-    model_cfg = hf.model_config(hf.load_config(src), src)
-    return Source(spec, model_cfg, hf_tokenizer(model_cfg.n_vocab),
-                  lambda: hf.to_params(hf.read_tensors(src), model_cfg, src))
 
 
 def main(argv: list[str]) -> int:

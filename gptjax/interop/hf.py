@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gptjax.config import ModelConfig
-from gptjax.errors import UserError
+from gptjax.errors import UserError, first_line
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_VOCAB = 50257
@@ -142,7 +142,7 @@ def locate(spec: str) -> Path:
         return Path(snapshot_download(f"openai-community/{spec}", allow_patterns=["config.json", "model.safetensors"]))
     except Exception as e:  # offline, hub errors: one line either way
         raise ConvertError(f"cannot download {spec} from the Hugging Face hub (needs network): "
-                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                           f"{first_line(e)}") from None
 
 
 def load_config(src: Path) -> dict:
@@ -178,7 +178,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         return load_file(path)
     except Exception as e:  # safetensors raises several types for damaged or unsupported files
-        raise ConvertError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ConvertError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
@@ -191,7 +191,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         # weights_only: the unpickler accepts tensors and plain containers, never arbitrary code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConvertError(f"cannot read {path} as a tensor file: {str(e).splitlines()[0]}") from None
+        raise ConvertError(f"cannot read {path} as a tensor file: {first_line(e)}") from None
     # numpy has no bfloat16: widen it (other dtypes become float32 later, in to_params).
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()
             if isinstance(v, torch.Tensor)}

@@ -85,11 +85,6 @@ def layer_totals(groups: list[ParamGroup]) -> dict[int, int]:
     return totals
 
 
-def abstract_model(cfg) -> GPT:
-    """The model's structure and shapes without allocating a single weight (GPT-3 costs nothing)."""
-    return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
-
-
 # ---------------------------------------------------------------------------
 # The forward pass, one stage at a time
 

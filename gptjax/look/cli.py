@@ -9,7 +9,6 @@ mistake is one `error:` line and exit code 2. Heavy imports wait inside the comm
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 import numpy as np
@@ -43,8 +42,7 @@ def check_range(flag: str, value: int | None, size: int, what: str) -> list[int]
 
 def model_config(args):
     """The model config to count: a run directory's, or a preset's with n_vocab resolved as training would."""
-    from gptjax import config
-    from gptjax.data import tokenizer
+    from gptjax import config, data
     from gptjax.train import runs
 
     if args.config is None:  # the positional words are one run directory
@@ -54,22 +52,16 @@ def model_config(args):
     cfg = config.load(args.config, args.targets)
     if cfg.model.n_vocab is not None:
         return cfg.model, f"config {args.config}"
-    if cfg.data.tokenizer == "gpt2":
-        vocab, why = tokenizer.GPT2Tokenizer().vocab_size, "the GPT-2 BPE vocabulary"
-    elif cfg.data.source == "shakespeare":
-        text = (tokenizer.ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8")
-        vocab, why = tokenizer.CharTokenizer.fit(text).vocab_size, "the characters of the built-in Shakespeare"
-    else:
-        raise InspectError(f"config {args.config} takes n_vocab from the characters of {cfg.data.source}; "
-                           f"add model.n_vocab=N, or give a run directory trained on it")
-    return dataclasses.replace(cfg.model, n_vocab=vocab), f"config {args.config} (n_vocab {vocab}: {why})"
+    model = cfg.resolve_vocab(data.vocab_size(cfg.data)).model
+    return model, f"config {args.config} (n_vocab {model.n_vocab}: the data's vocabulary)"
 
 
 def cmd_params(args) -> None:
     from gptjax.look import analysis, render
+    from gptjax.model import abstract_model
 
     cfg, source = model_config(args)
-    print(render.params_text(cfg, source, analysis.param_groups(analysis.abstract_model(cfg)), args.all_layers))
+    print(render.params_text(cfg, source, analysis.param_groups(abstract_model(cfg)), args.all_layers))
 
 
 # ---------------------------------------------------------------------------

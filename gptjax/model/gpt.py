@@ -169,6 +169,11 @@ def dropout(drop: nnx.Dropout, x, rngs: nnx.Rngs | None):
     return drop(x, rngs=rngs, deterministic=rngs is None)
 
 
+def abstract_model(cfg: ModelConfig) -> GPT:
+    """The model's structure, shapes and dtypes without drawing a single weight (GPT-3 costs nothing)."""
+    return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+
+
 def compute_dtype(name: str):
     """bfloat16 on accelerators and float32 on CPU for "auto"; parameters stay float32 regardless."""
     if name == "auto":

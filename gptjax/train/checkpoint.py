@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from gptjax.errors import UserError
+from gptjax.errors import UserError, first_line
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints-damaged"
@@ -58,7 +58,7 @@ def digest(tree) -> tuple[jax.Array, jax.Array]:
 
 def _reason(e: Exception) -> str:
     """The first line of an orbax / TensorStore error, without its pages of details."""
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = first_line(e)
     return text.split(". See full", 1)[0].split(" See full", 1)[0].strip(" '\"")[:200]
 
 

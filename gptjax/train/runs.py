@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,8 +15,9 @@ from flax import nnx
 
 from gptjax import config as config_lib
 from gptjax.data import tokenizer as tokenizers
-from gptjax.errors import UserError
-from gptjax.model import GPT
+from gptjax.errors import UserError, first_line
+from gptjax.files import atomic_write
+from gptjax.model import GPT, abstract_model
 from gptjax.train.checkpoint import CheckpointError, Checkpoints
 
 CONFIG_FILE = "config.yaml"
@@ -80,10 +80,8 @@ def _size(n: int) -> str:
 
 def write_run_files(run_dir: Path, cfg: config_lib.Config, tokenizer) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in ((CONFIG_FILE, cfg.to_yaml()), (TOKENIZER_FILE, json.dumps(tokenizer.to_json()))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)  # atomic: a kill never leaves half a file
+    atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
+    atomic_write(run_dir / TOKENIZER_FILE, json.dumps(tokenizer.to_json()))
 
 
 # ---------------------------------------------------------------------------
@@ -106,7 +104,7 @@ def _read_config_tree(run_dir: Path) -> dict:
     try:
         tree = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RunError(f"{run_dir / CONFIG_FILE} is damaged ({str(e).splitlines()[0]}); "
+        raise RunError(f"{run_dir / CONFIG_FILE} is damaged ({first_line(e)}); "
                        f"restore it or use another run.out_dir") from None
     if not isinstance(tree, dict):
         raise RunError(f"{run_dir / CONFIG_FILE} is damaged (not a mapping); restore it or use another run.out_dir")
@@ -126,7 +124,7 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Run:
     ckpts = Checkpoints(run_dir, read_only=True)
     try:
         step = _pick_step(ckpts, step, run_dir)
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
+        graphdef, abstract = nnx.split(abstract_model(cfg.model), nnx.Param)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
         try:

@@ -26,6 +26,11 @@ class TrainState:
     rng: jax.Array         # uint32[2] key data; step k's dropout key is fold_in(rng, k)
 
 
+def initial_rng(seed) -> jax.Array:
+    """A run's dropout key data, from its seed (the init key is the seed's own)."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+
+
 def loss_fn(params: nnx.State, graphdef: nnx.GraphDef, x_bt, y_bt, dropout_key=None) -> jax.Array:
     """Mean next-token cross-entropy; dropout is on when a key is given."""
     model = nnx.merge(graphdef, params)

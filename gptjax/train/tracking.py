@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 from pathlib import Path
 
 import jax
 from tqdm.auto import tqdm
+
+from gptjax.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -52,9 +53,7 @@ class Tracker:
         if self.file is not None:
             self.file.close()
         kept = [m for m in read_metrics(self.path.parent) if m["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        os.replace(tmp, self.path)  # atomic: a kill here leaves the old file or the new one
+        atomic_write(self.path, "".join(json.dumps(m) + "\n" for m in kept))
         self.file = open(self.path, "a", buffering=1)
         if self.bar is not None:
             self.bar.n = max(step, 0)

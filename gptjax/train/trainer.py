@@ -21,26 +21,17 @@ from flax import nnx
 from gptjax import data, sharding
 from gptjax.config import Config, ConfigError
 from gptjax.errors import UserError
-from gptjax.model import GPT
-from gptjax.train import optim
+from gptjax.model import GPT, abstract_model
+from gptjax.train import finetune, optim
 from gptjax.train.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
-from gptjax.train.runs import RunError, check_disk_space, check_run_dir, write_run_files  # noqa: F401 (trainer.RunError)
-from gptjax.train.step import TrainState, jit_eval_step, jit_train_step
+from gptjax.train.runs import check_disk_space, check_run_dir, write_run_files
+from gptjax.train.step import TrainState, initial_rng, jit_eval_step, jit_train_step
 from gptjax.train.tracking import Tracker
 
 
 class TrainingError(UserError):
     """Training cannot go on as configured (a non-finite loss or gradient); the message names the step."""
 
-
-def resolve_vocab(cfg: Config, data_vocab: int) -> Config:
-    """model.n_vocab defaults to the data's vocabulary; smaller is an error, larger pads."""
-    if cfg.model.n_vocab is None:
-        return cfg.replace(model={"n_vocab": data_vocab})
-    if cfg.model.n_vocab < data_vocab:
-        raise ConfigError(f"model.n_vocab={cfg.model.n_vocab} is smaller than the data's vocabulary of "
-                          f"{data_vocab}; remove model.n_vocab or set it to at least {data_vocab}")
-    return cfg
 
 
 @dataclasses.dataclass
@@ -55,7 +46,7 @@ class Pieces:
 
 
 def build(cfg: Config, mesh) -> Pieces:
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
+    graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
     tx = optim.make(cfg.train)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = sharding.NamedSharding(mesh, sharding.P())
@@ -68,9 +59,6 @@ def build(cfg: Config, mesh) -> Pieces:
                   jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings, mesh,
                                  skip_nonfinite=cfg.train.on_nonfinite == "skip"), jit_eval_step(graphdef, mesh))
 
-
-def initial_rng(seed) -> jax.Array:
-    return jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
 
 def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> TrainState:
@@ -131,7 +119,7 @@ def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
 def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
     ds = data.prepare(cfg.data)
-    cfg = resolve_vocab(cfg, ds.vocab_size)
+    cfg = cfg.resolve_vocab(ds.vocab_size)
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
     shards = sharding.n_batch_shards(mesh)
@@ -170,9 +158,7 @@ def train(cfg: Config) -> dict:
     """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
     source = None
     if cfg.train.init_from:
-        from gptjax.interop import convert  # here, not at the top: convert reads runs through runs.py, which imports us
-
-        source = convert.open_source(cfg.train.init_from)
+        source = finetune.open_source(cfg.train.init_from)
         cfg = source.apply(cfg)  # the model's shape is the source's
     cfg, ds, mesh = setup(cfg)
     if source:

@@ -1,0 +1,1 @@
+"""Ablations: grids of runs over config keys, seeds, and reports with significance tests."""

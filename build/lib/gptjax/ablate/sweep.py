@@ -1,0 +1,215 @@
+"""Ablations in one command: train every point of a grid of config values, then compare them.
+
+  gptjax sweep BASE_CONFIG model.n_head=2,4,8 model.n_layer=2,4,6 [section.key=value ...]
+                         [--seeds N] [--out SWEEP_DIR] [--match params]
+  gptjax sweep configs/ablations/heads_layers_cpu.yaml      (a sweep file: base, grid, set, ...)
+  gptjax sweep report SWEEP_DIR | RUN_DIR ... [--out DIR]   (results.csv/.md, curves.png, heatmap.png)
+
+A comma sweeps a key; any key can be swept. Seed i of a point trains with train.seed + i, in
+SWEEP_DIR/POINT/seed=i: an ordinary run directory (sample.py and train.py work on it). Re-running
+the command skips finished runs and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from gptjax import errors
+from gptjax.ablate import grid
+from gptjax.config import Config
+from gptjax.errors import UserError
+from gptjax.files import atomic_write
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="gptjax sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="base config (preset name or path) or sweep file (configs/ablations/*.yaml)")
+    parser.add_argument("items", nargs="*", help="section.key=v1,v2,... sweeps a key; section.key=value sets it")
+    parser.add_argument("--seeds", type=int, help="runs per point, seed i = train.seed + i (default 1)")
+    parser.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
+    parser.add_argument("--match", choices=grid.MATCHES, help="params: pick n_embd per point to keep the base's size")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_intermixed_args(argv)
+    command = " ".join(["gptjax sweep", *argv])
+    return errors.run_cli(lambda: run(grid.make_spec(args.target, args.items, args.seeds, args.out, args.match),
+                                      command), debug=args.debug)
+
+
+def report_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gptjax sweep report",
+                                     description="Compare runs: results.csv, results.md, curves.png, heatmap.png.")
+    parser.add_argument("paths", nargs="+", help="a sweep directory, or run directories (folders of them work too)")
+    parser.add_argument("--out", help="where to write the report (default: the one directory given)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+
+    def make():
+        from gptjax.ablate import report
+
+        if args.out is None and len(args.paths) > 1:
+            raise UserError("several directories given: say where the report goes with --out DIR")
+        out = Path(args.out or args.paths[0])
+        print(report.write([Path(p) for p in args.paths], out).summary)
+        print(f"report written to {out}: results.csv, results.md, curves.png, heatmap.png")
+    return errors.run_cli(make, debug=args.debug)
+
+
+# ---------------------------------------------------------------------------
+# Running a sweep
+
+def with_vocab(cfg: Config) -> Config:
+    """cfg with model.n_vocab resolved from its data, as training will."""
+    from gptjax import data
+
+    return cfg.resolve_vocab(data.vocab_size(cfg.data))
+
+
+def run(spec: grid.Spec, command: str = "") -> None:
+    """Train every run of the sweep that is not finished, then write the report."""
+    sweep_dir = Path(spec.out)
+    points = grid.plan(spec, with_vocab)
+    for point in points:
+        if point.error:
+            print(f"skipped {point.name}: {point.error}", flush=True)
+    jobs = [(p, i, grid.run_config(p, i, sweep_dir)) for p in points if p.cfg for i in range(spec.seeds)]
+    if not jobs:
+        raise UserError(f"every point of the grid is invalid (see above); nothing to train in {sweep_dir}")
+    write_plan(sweep_dir, spec, points, command)
+    with compile_cache(sweep_dir / ".jax_cache"):
+        failed = train_all(jobs)
+    from gptjax.ablate import report  # after training: plotting libraries are not needed before
+
+    result = report.write([sweep_dir], sweep_dir)
+    print(result.summary)
+    print(f"report written to {sweep_dir}: results.csv, results.md, curves.png, heatmap.png")
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed: " + "; ".join(failed))
+
+
+def write_plan(sweep_dir: Path, spec: grid.Spec, points: list[grid.Point], command: str) -> None:
+    plan = {"base": spec.base, "axes": spec.axes, "fixed": spec.fixed, "seeds": spec.seeds, "match": spec.match,
+            "command": command,
+            "points": [{"name": p.name, "values": p.values, "error": p.error} for p in points]}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(sweep_dir / grid.SWEEP_FILE, plan)
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
+
+
+def steps_done(cfg: Config) -> int:
+    """The latest checkpoint's step, read without building the model (0: none yet)."""
+    from gptjax.train.checkpoint import Checkpoints
+
+    run_dir = Path(cfg.run.out_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        return 0
+    ckpts = Checkpoints(run_dir, read_only=True)
+    try:
+        return ckpts.latest_step() or 0
+    finally:
+        ckpts.close()
+
+
+def train_all(jobs: list[tuple[grid.Point, int, Config]]) -> list[str]:
+    """Train the unfinished runs one by one with a progress line each; returns the failures."""
+    started = [steps_done(cfg) for _, _, cfg in jobs]
+    # FLOPs still to do per run: the ETA scales the time spent so far by them, since a 4-layer
+    # point costs about four 1-layer ones.
+    todo = [_flops(cfg, cfg.train.steps - start) for (_, _, cfg), start in zip(jobs, started)]
+    spent = done = 0.0
+    failed = []
+    for k, ((point, seed, cfg), start, flops) in enumerate(zip(jobs, started, todo)):
+        head = f"[{k + 1}/{len(jobs)}] {point.name} seed={seed} (train.seed={cfg.train.seed})"
+        if not flops:
+            print(f"{head}: finished, skipped", flush=True)
+            continue
+        left = sum(1 for f in todo[k + 1:] if f)
+        eta = _duration(spent / done * sum(todo[k:])) if done else "after the first run"
+        resume = f"resuming from step {start}" if start else "training"
+        print(f"{head}: {resume}, {left} more to train after it, ETA {eta}", flush=True)
+        seconds, error = timed_train(cfg)
+        if error:
+            failed.append(f"{point.name} seed={seed}: {error}")
+            print(f"{head}: failed: {error}", file=sys.stderr, flush=True)
+        spent, done = spent + seconds, done + flops
+    return failed
+
+
+def _flops(cfg: Config, steps: int) -> float:
+    return max(0, steps) * cfg.tokens_per_step * with_vocab(cfg).model.flops_per_token()
+
+
+@contextlib.contextmanager
+def compile_cache(path: Path):
+    """JAX's persistent compilation cache in `path` while the sweep trains, unless the user set one.
+
+    The seeds of a point compile the same steps: with the cache only the first seed pays for
+    compiling (half the CPU time of a small run), and a re-run or resume compiles nothing.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = {name: getattr(jax.config, name) for name in names}
+    if old["jax_compilation_cache_dir"]:
+        yield
+        return
+    for name, value in zip(names, (str(path), 0.0, 0)):
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # JAX decides once per process whether to use the cache: ask again
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def timed_train(cfg: Config) -> tuple[float, str | None]:
+    """Train one run in this process; its wall time is added to grid.WALL_FILE even if it stops early."""
+    # In-process, not a subprocess per run: importing JAX and preparing the data once saves
+    # seconds per run, which dominate a sweep of small models. Each run compiles new
+    # executables, so the compile caches are cleared after it to keep memory flat over a long sweep.
+    import jax
+
+    from gptjax.train import trainer
+
+    start, error = time.perf_counter(), None
+    try:
+        trainer.train(cfg)
+    except UserError as e:  # one bad run (a checkpoint from another shape, ...) should not stop the others
+        error = str(e)
+    finally:
+        seconds = time.perf_counter() - start
+        add_wall_time(Path(cfg.run.out_dir), seconds)
+        jax.clear_caches()
+    return seconds, error
+
+
+def add_wall_time(run_dir: Path, seconds: float) -> None:
+    if not run_dir.is_dir():
+        return
+    path = run_dir / grid.WALL_FILE
+    old = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
+    _write_json(path, {"wall_s": old["wall_s"] + seconds, "sessions": old["sessions"] + 1})
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(round(seconds)), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

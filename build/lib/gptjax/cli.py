@@ -1,0 +1,104 @@
+"""The command line: `gptjax train|sample|sweep|inspect|convert|bench ...` (train.py and sample.py call it too)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gptjax import errors
+
+TRAIN_DOC = """Train a GPT from a config: gptjax train [CONFIG] [section.key=value ...]
+
+Re-running the same command resumes from the run directory's latest checkpoint.
+"""
+
+
+def train(argv: list[str]) -> int:
+    from gptjax import config
+
+    parser = errors.ArgumentParser(prog="train.py", description=TRAIN_DOC, epilog=config.help_text(),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help=f"config file or preset name (default: {config.DEFAULT_CONFIG})")
+    parser.add_argument("overrides", nargs="*", help="section.key=value settings, e.g. model.n_layer=4")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+    if args.config and "=" in args.config:  # only overrides were given: use the default config
+        args.overrides, args.config = [args.config, *args.overrides], None
+
+    def run():
+        cfg = config.load(args.config, args.overrides)
+        from gptjax import sharding  # JAX loads only after the config checks out, so a typo fails at once
+        from gptjax.train import trainer
+
+        sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
+        last = trainer.train(cfg)
+        if "val_loss" in last and sharding.is_main_process():
+            print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {cfg.run.out_dir}")
+
+    return errors.run_cli(run, debug=args.debug)
+
+
+def sample(argv: list[str]) -> int:
+    parser = errors.ArgumentParser(
+        prog="sample.py", description="Sample text from a trained run: gptjax sample RUN_DIR [--prompt TEXT] ...")
+    parser.add_argument("run_dir", help="a run directory written by train.py")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample")
+    parser.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=1.0, help="sample only from the smallest set with this mass")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent samples to print")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same text")
+    parser.add_argument("--window", choices=("exact", "shift"), default="exact",
+                        help="past n_ctx: exact recomputes the window per token; shift (approximate, faster) "
+                             "re-encodes the newest half and keeps caching")
+    parser.add_argument("--step", default="latest", help="checkpoint to use: latest, best, or a step number")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+
+    def run():
+        from gptjax import sampling
+        from gptjax.train import runs
+
+        # Flags and prompt are checked against the run's tokenizer before any weights load.
+        _, tok = runs.read_files(args.run_dir)
+        sampling.check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
+                               vocab_size=tok.vocab_size)
+        prompt = tok.encode(args.prompt) if args.prompt else tok.bos_ids
+        run = runs.load(args.run_dir, args.step)
+        samples = sampling.generate(
+            run.graphdef, run.params, run.cfg.model, prompt, max_new_tokens=args.max_new_tokens,
+            num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            seed=args.seed, vocab_size=tok.vocab_size, stop_id=tok.eot_id, window=args.window)
+        for i, new in enumerate(samples):
+            if i:
+                print("-" * 40)
+            print(args.prompt + tok.decode(new))
+
+    return errors.run_cli(run, debug=args.debug)
+
+
+# command -> the module whose main(argv) runs it (imported only when asked for, so --help is instant)
+COMMANDS = {
+    "train": "gptjax.cli:train",
+    "sample": "gptjax.cli:sample",
+    "sweep": "gptjax.ablate.sweep:main",
+    "inspect": "gptjax.look.cli:main",
+    "convert": "gptjax.interop.convert:main",
+    "bench": "gptjax.bench:main",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        usage = "usage: gptjax {" + ",".join(COMMANDS) + "} ...  (gptjax COMMAND --help for each)"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; {usage}", file=sys.stderr)
+            return 2
+        print(usage)
+        return 0 if argv else 2
+    module, _, function = COMMANDS[argv[0]].partition(":")
+    return getattr(importlib.import_module(module), function)(argv[1:])

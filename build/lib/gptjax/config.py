@@ -1,0 +1,323 @@
+"""Typed, frozen run configuration: the only place defaults live.
+
+A config is a tree of frozen dataclasses. A YAML file sets values, `section.key=value`
+overrides set more, and OmegaConf checks every key and type against the dataclasses.
+Anything wrong becomes one `ConfigError` line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from gptjax.errors import UserError, did_you_mean, first_line
+
+# Presets ship inside the package; a configs/ folder in the working directory (the repo's, or a
+# user's edited copies) is looked in first.
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"
+USER_CONFIG_DIR = Path("configs")
+DEFAULT_CONFIG = "shakespeare_char_cpu"
+
+
+class ConfigError(UserError):
+    """A config the user must fix; the message is one line saying how."""
+
+
+def _field(default: Any, help: str):
+    # Mutable defaults are not a concern: every section is frozen.
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    n_vocab: int | None = _field(None, "vocabulary size; default: the data's (65 char-level, 50257 GPT-2); larger pads")
+    n_ctx: int = _field(256, "context length in tokens (learned positions)")
+    n_embd: int = _field(384, "model width D")
+    n_head: int = _field(6, "attention heads H; must divide n_embd")
+    n_layer: int = _field(6, "transformer blocks")
+    dropout: float = _field(0.0, "dropout on embeddings and residual branches, in [0, 1)")
+    bias: bool = _field(True, "biases in linear layers and LayerNorm (GPT-2: true)")
+    compute_dtype: str = _field("auto", "auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16")
+
+    def __post_init__(self):
+        for name in ("n_ctx", "n_embd", "n_head", "n_layer"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        _check(self.n_vocab is None or self.n_vocab > 0, f"model.n_vocab must be positive, got {self.n_vocab}")
+        _check(self.n_embd % self.n_head == 0,
+               f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+               f"pick n_embd as a multiple of n_head")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.compute_dtype in ("auto", "float32", "bfloat16"),
+               f"model.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        return 4 * self.n_embd
+
+    @property
+    def n_params(self) -> int:
+        """Closed-form parameter count (tied unembedding, so W_U adds nothing)."""
+        assert self.n_vocab is not None, "resolve n_vocab from the data first"
+        D, F, L, b = self.n_embd, self.mlp_dim, self.n_layer, int(self.bias)
+        layernorm = (1 + b) * D
+        attention = 4 * D * D + b * 4 * D        # W_Q, W_K, W_V, W_O and biases
+        mlp = 2 * D * F + b * (F + D)
+        return self.n_vocab * D + self.n_ctx * D + L * (2 * layernorm + attention + mlp) + layernorm
+
+    def flops_per_token(self, causal_half: bool = False) -> int:
+        """Training FLOPs per token: 6N plus 12·L·T·D for attention scores and values
+        (halved if causal_half). N leaves out the position table, which is only looked
+        up; the tied token table counts once, for its matmul work as the unembedding."""
+        n = self.n_params - self.n_ctx * self.n_embd
+        attention = 12 * self.n_layer * self.n_ctx * self.n_embd
+        return 6 * n + (attention // 2 if causal_half else attention)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = _field("shakespeare", "shakespeare (built in) | local .txt/.jsonl/.parquet path | hf:NAME[:CONFIG]")
+    tokenizer: str = _field("char", "char (vocabulary from the corpus) | gpt2 (GPT-2 BPE)")
+    text_field: str = _field("text", "column holding the text in .jsonl/.parquet/hub datasets")
+    val_fraction: float = _field(0.1, "share of tokens held out for validation (the tail of the corpus)")
+    cache_dir: str = _field("", "where tokenized data is cached; empty: $GPTJAX_CACHE or ~/.cache/gptjax")
+
+    def __post_init__(self):
+        _check(self.tokenizer in ("char", "gpt2"), f"data.tokenizer must be char or gpt2, got {self.tokenizer!r}")
+        _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(bool(self.source), "data.source is empty; use shakespeare, a file path or hf:NAME")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = _field(5000, "optimizer steps to train for")
+    batch_size: int = _field(64, "sequences per optimizer step (global, all devices)")
+    grad_accum: int = _field(1, "micro-batches per step; batch_size is split into this many")
+    lr: float = _field(1e-3, "peak learning rate")
+    min_lr: float = _field(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _field(100, "linear warmup steps from 0 to lr")
+    lr_decay_steps: int | None = _field(None, "cosine decay length incl. warmup; default: steps")
+    weight_decay: float = _field(0.1, "AdamW decoupled weight decay on matrices and embeddings")
+    beta1: float = _field(0.9, "AdamW beta1")
+    beta2: float = _field(0.99, "AdamW beta2")
+    eps: float = _field(1e-8, "AdamW epsilon")
+    grad_clip: float = _field(1.0, "global gradient-norm clip; 0 disables")
+    seed: int = _field(1337, "seed for init, data order and dropout")
+    eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
+    checkpoint_every: int | None = _field(None, "also checkpoint every this many steps; default: eval_every")
+    on_nonfinite: str = _field("stop", "on a non-finite loss or gradient: stop | skip (the update) | rollback")
+    eval_batches: int = _field(20, "fixed batches per split for each evaluation")
+    log_every: int = _field(10, "write a metrics.jsonl line every this many steps")
+    init_from: str = _field("", "fine-tune: start from a run dir, HF GPT-2 folder or gpt2[-medium|-large|-xl]")
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):
+            _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+        _check(self.checkpoint_every is None or self.checkpoint_every > 0,
+               f"train.checkpoint_every must be positive, got {self.checkpoint_every}")
+        _check(self.on_nonfinite in ("stop", "skip", "rollback"),
+               f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
+        _check(self.batch_size % self.grad_accum == 0,
+               f"train.batch_size={self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps,
+               "train.lr_decay_steps must exceed train.warmup_steps")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps"):
+            _check(getattr(self, name) >= 0 and not math.isnan(getattr(self, name)),
+                   f"train.{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum
+
+    @property
+    def decay_steps(self) -> int:
+        return self.lr_decay_steps or self.steps
+
+    @property
+    def save_every(self) -> int:
+        return self.checkpoint_every or self.eval_every
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = _field(-1, "data-parallel axis size; -1: all devices not used by fsdp")
+    fsdp: int = _field(1, "fully-sharded axis size: parameters and optimizer state split across it")
+
+    def __post_init__(self):
+        _check(self.data == -1 or self.data > 0, f"mesh.data must be -1 or positive, got {self.data}")
+        _check(self.fsdp == -1 or self.fsdp > 0, f"mesh.fsdp must be -1 or positive, got {self.fsdp}")
+        _check(not (self.data == -1 and self.fsdp == -1), "only one of mesh.data and mesh.fsdp may be -1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = _field("", "run directory; empty: runs/<config name>")
+    wandb: str = _field("off", "off | offline | online")
+    wandb_project: str = _field("gptjax", "wandb project name")
+    wandb_group: str = _field("", "wandb group gathering related runs (a sweep sets it to the sweep's name); "
+                                  "empty: none")
+    keep_checkpoints: int = _field(2, "latest checkpoints kept (the best by val loss is kept too)")
+    progress: bool = _field(True, "show a progress bar")
+
+    def __post_init__(self):
+        _check(self.wandb in ("off", "offline", "online"),
+               f"run.wandb must be off, offline or online, got {self.wandb!r}")
+        _check(self.keep_checkpoints > 0, f"run.keep_checkpoints must be positive, got {self.keep_checkpoints}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.n_ctx
+
+    def resolve_vocab(self, data_vocab: int) -> Config:
+        """model.n_vocab defaults to the data's vocabulary; smaller is an error, larger pads."""
+        if self.model.n_vocab is None:
+            return self.replace(model={"n_vocab": data_vocab})
+        _check(self.model.n_vocab >= data_vocab,
+               f"model.n_vocab={self.model.n_vocab} is smaller than the data's vocabulary of {data_vocab}; "
+               f"remove model.n_vocab or set it to at least {data_vocab}")
+        return self
+
+    def replace(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys changed: cfg.replace(model={"n_vocab": 65})."""
+        return dataclasses.replace(self, **{
+            name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def all_keys() -> dict[str, dataclasses.Field]:
+    """Every dotted key (`model.n_layer`, ...) with its dataclass field."""
+    return {f"{section.name}.{f.name}": f
+            for section in dataclasses.fields(Config)
+            for f in dataclasses.fields(section.default_factory())}
+
+
+def resolve_path(name_or_path: str | None) -> Path:
+    """A config file from a path, or a preset name looked up in ./configs/, then the shipped presets."""
+    name = name_or_path or DEFAULT_CONFIG
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (folder / leaf for folder in (USER_CONFIG_DIR, CONFIG_DIR) for leaf in (f"{name}.yaml", name)):
+        if candidate.is_file():
+            return candidate
+    presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {name!r} not found; give a path or one of the presets: {presets}")
+
+
+def _nearest(key: str) -> str:
+    return did_you_mean(key, all_keys()) or "; see --help for every key"
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = first_line(getattr(err, "msg", None) or err)
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and key:
+        return f"unknown config key {key!r}{_nearest(key)}"
+    if key:
+        return f"bad value for {key}: {msg}"
+    return f"bad config: {msg}"
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or first_line(e)  # a ReaderError has no .problem
+        raise ConfigError(f"config file {path}: YAML syntax error{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (model:, data:, train:, ...)")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"config file {path}: unknown section {section!r}; "
+                              f"sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: section {section!r} must be a mapping of keys to values")
+    return raw
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`section.key=value` strings into a nested dict, values parsed by OmegaConf's dotlist grammar."""
+    items = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.count(".") != 1:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. model.n_layer=4")
+        if key.split(".")[0] not in SECTIONS:
+            raise ConfigError(f"unknown config key {key!r}{_nearest(key)}")
+        items.append(item if value.strip() else f"{key}=''")  # `key=` clears a string, as in YAML
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {first_line(e)}") from None
+
+
+def from_dict(tree: dict) -> Config:
+    """Build a Config from a (possibly partial) nested dict, checking every key and type."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(tree))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, ConfigError):  # raised by a __post_init__ check
+            raise ConfigError(str(cause)) from None
+        raise ConfigError(_one_line(e)) from None
+
+
+def load(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
+    """The config named on the command line, with overrides applied and checked."""
+    path = resolve_path(name_or_path)
+    tree = _read_yaml(path)
+    for section, values in parse_overrides(list(overrides)).items():
+        tree.setdefault(section, {}).update(values)
+    cfg = from_dict(tree)
+    if not cfg.run.out_dir:
+        cfg = cfg.replace(run={"out_dir": str(Path("runs") / path.stem)})
+    return cfg
+
+
+def help_text() -> str:
+    lines = ["config keys (set in the YAML file or as section.key=value):"]
+    for key, f in all_keys().items():
+        lines.append(f"  {key:<24} {f.default!s:<12} {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Tokenizers: char-level (vocabulary from the corpus), GPT-2 BPE through tiktoken, and raw ids.
+
+All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size) so a run
+directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+from tiktoken_ext.openai_public import r50k_pat_str
+
+from gptjax.errors import UserError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+GPT2_RANKS = ASSETS / "gpt2.tiktoken"
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+EOT = "<|endoftext|>"
+GPT2_VOCAB = 50257
+
+
+class TokenizerError(UserError):
+    """Text the tokenizer cannot handle, or a broken tokenizer file."""
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+        self.vocab_size = len(chars)
+        self.eot_id = None  # char-level text has no end-of-text token
+        # An empty prompt starts from a newline, as a new line of the play would.
+        self.bos_ids = [self.index["\n"]] if "\n" in self.index else [0]
+
+    @classmethod
+    def fit(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str) -> list[int]:
+        missing = sorted(set(text) - self.index.keys())
+        if missing:
+            shown = "".join(missing[:10])
+            raise TokenizerError(f"text has {len(missing)} character(s) outside the char vocabulary: {shown!r}")
+        return [self.index[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids if 0 <= i < self.vocab_size)
+
+    def to_json(self) -> dict:
+        return {"kind": "char", "chars": self.chars}
+
+
+class GPT2Tokenizer:
+    kind = "gpt2"
+
+    def __init__(self):
+        self.enc = gpt2_encoding()
+        self.vocab_size = self.enc.n_vocab  # 50257
+        self.eot_id = self.enc.eot_token  # 50256
+        self.bos_ids = [self.eot_id]  # GPT-2 starts documents after <|endoftext|>
+
+    def encode(self, text: str) -> list[int]:
+        # Text is data, never control: a literal "<|endoftext|>" in a document is encoded
+        # as ordinary characters rather than raising or injecting a special token.
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode([i for i in ids if 0 <= i < self.vocab_size])
+
+    def to_json(self) -> dict:
+        return {"kind": "gpt2"}
+
+
+class IdsTokenizer:
+    """Token ids written as text ("464 3290 11"), for a model whose text tokenizer gptjax does not
+    know, e.g. a converted Hugging Face GPT-2 with its own vocabulary size."""
+
+    kind = "ids"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.eot_id = None  # unknown: samples run to their full length
+        self.bos_ids = [0]
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            ids = [int(word) for word in text.split()]
+        except ValueError:
+            raise TokenizerError(f"this run's tokenizer takes token ids, e.g. --prompt '464 3290 11', "
+                                 f"not text: {text[:40]!r}") from None
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise TokenizerError(f"token ids must be in [0, {self.vocab_size}), got {text[:40]!r}")
+        return ids
+
+    def decode(self, ids) -> str:
+        # Each id with a leading space, so a prompt and its continuation print as one sequence.
+        return "".join(f" {i}" for i in ids if 0 <= i < self.vocab_size)
+
+    def to_json(self) -> dict:
+        return {"kind": "ids", "vocab_size": self.vocab_size}
+
+
+@cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's `gpt2`/`r50k_base` encoding, built from the ranks shipped in assets/."""
+    ranks = load_tiktoken_bpe(str(GPT2_RANKS), expected_hash=GPT2_RANKS_SHA256)
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={EOT: GPT2_VOCAB - 1}, explicit_n_vocab=GPT2_VOCAB)
+
+
+def from_json(spec: dict):
+    if spec.get("kind") == "gpt2":
+        return GPT2Tokenizer()
+    if spec.get("kind") == "char" and isinstance(spec.get("chars"), list):
+        return CharTokenizer(spec["chars"])
+    if spec.get("kind") == "ids" and isinstance(spec.get("vocab_size"), int):
+        return IdsTokenizer(spec["vocab_size"])
+    raise TokenizerError(f"unrecognised tokenizer description: {json.dumps(spec)[:80]}")
+
+
+def load(path: Path):
+    try:
+        return from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {e}") from None

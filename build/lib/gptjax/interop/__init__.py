@@ -1,0 +1,1 @@
+"""Interop: Hugging Face GPT-2 weights in and out, and fine-tuning from them."""

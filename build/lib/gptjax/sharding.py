@@ -1,0 +1,208 @@
+"""Device mesh and logical-axis sharding: one rules table maps model axis names to mesh axes.
+
+Layers only name their axes (model.py); this file alone decides where they live. With the
+default mesh everything is data-parallel: parameters replicated, the batch split. With
+`mesh.fsdp > 1` every weight is also split along its `embed` axis, and Adam's moments with it;
+the batch is split over data x fsdp. Multi-host runs join through `jax.distributed`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gptjax.config import MeshConfig
+from gptjax.errors import UserError
+
+MESH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (or axes); None means replicated. A `tensor` mesh axis would
+# split `heads`/`mlp` and their activation twins here, and nowhere else.
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    # parameters
+    "vocab": None,
+    "embed": "fsdp",
+    "heads": None,
+    "head_dim": None,
+    "mlp": None,
+    # activations: rows split over every device, features whole (the fsdp axis is busy with rows)
+    "batch": ("data", "fsdp"),
+    "act_embed": None,
+    "act_heads": None,
+    "act_mlp": None,
+    "act_vocab": None,
+}
+
+
+class MeshError(UserError):
+    """A mesh that does not fit the devices or the batch."""
+
+
+COORDINATOR_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_distributed() -> bool:
+    """Join the other processes of a multi-host run when the environment describes one.
+
+    Explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID. Otherwise jax's own detection of SLURM (srun), Open MPI and Cloud TPU
+    pods, used only when it finds more than one process. Returns whether this is a
+    multi-process run; on one host it does nothing. Call it before anything touches a device.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    env = os.environ
+    if env.get(COORDINATOR_ENV[0]):
+        missing = [name for name in COORDINATOR_ENV[1:] if not env.get(name, "").isdigit()]
+        if missing:
+            raise MeshError(f"{COORDINATOR_ENV[0]} is set but {' and '.join(missing)} missing or not a number; "
+                            f"set all of {', '.join(COORDINATOR_ENV)} on every process (or none)")
+        jax.distributed.initialize(env[COORDINATOR_ENV[0]], int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"]))
+        return True
+    cluster = _detected_cluster()
+    if cluster:
+        jax.distributed.initialize(cluster_detection_method=cluster)  # jax reads address, count and id
+        return True
+    return False
+
+
+# jax's own detectors we trust to run anywhere (Kubernetes' needs an extra package and API
+# access, so there the JAX_* variables above are the way).
+CLUSTERS = ("slurm", "ompi", "gcetpu", "gketpu")
+
+
+def _detected_cluster() -> str | None:
+    """The cluster jax detects around this process, if it runs more than one process."""
+    try:
+        from jax._src import clusters  # private: fall back to the explicit variables if it moves
+        kinds = [c for c in clusters.ClusterEnv._cluster_types if c.name in CLUSTERS]
+    except (ImportError, AttributeError):
+        return None
+    found = next((c for c in kinds if c.is_env_present()), None)
+    return found.name if found is not None and found.get_process_count() > 1 else None
+
+
+def is_main_process() -> bool:
+    """Process 0 alone writes run files and metrics and prints, so a pod speaks once."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Wait here until every process arrives (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def mesh_devices(cfg: MeshConfig, rows: int) -> list:
+    """The devices for a run's mesh: all of them, except for CPU cores split by JAX_NUM_CPU_DEVICES.
+
+    The split (two CPU cores as two data-parallel devices) is opt-in: XLA:CPU's in-process
+    all-reduce has deadlocked with it (BENCHMARKS.md). Split cores are a speed-up, not a request,
+    so with the default mesh they follow the batch: the most cores whose count divides its `rows`.
+    Devices that are real (accelerators) or forced (XLA_FLAGS) must fit exactly.
+    """
+    devices = jax.devices()
+    split_cores = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0
+    if not split_cores or (cfg.data, cfg.fsdp) != (-1, 1) or jax.process_count() > 1:
+        return devices
+    return devices[:max(n for n in range(1, len(devices) + 1) if rows % n == 0)]
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    data, fsdp = cfg.data, cfg.fsdp
+    if data == -1:
+        data = n // fsdp if n % fsdp == 0 else 0
+    if fsdp == -1:
+        fsdp = n // data if n % data == 0 else 0
+    if data * fsdp != n:
+        raise MeshError(f"mesh data={cfg.data} x fsdp={cfg.fsdp} does not fit {n} devices; "
+                        f"make mesh.data x mesh.fsdp equal {n} (or set one to -1)")
+    # jax.make_mesh orders TPU devices by their physical links; Auto axes let XLA place what we leave open.
+    return jax.make_mesh((data, fsdp), MESH_AXES, (jax.sharding.AxisType.Auto,) * 2, devices=devices)
+
+
+def spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh) -> P:
+    """The PartitionSpec for logical `axes`; a dimension the mesh does not divide stays whole."""
+    parts = []
+    for name, size in zip(axes, shape):
+        mesh_axes = RULES.get(name) if name else None
+        if mesh_axes is not None:
+            n = math.prod(mesh.shape[a] for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes))
+            if size % n:
+                mesh_axes = None
+        parts.append(mesh_axes)
+    return P(*parts)
+
+
+def tree_shardings(tree, mesh: Mesh):
+    """NamedShardings for a tree of nnx Variables (params, or optimizer state that mirrors them).
+
+    Variables carry their logical `axes`; other leaves (step counts) are replicated.
+    """
+    def one(leaf):
+        if isinstance(leaf, nnx.Variable):
+            axes = leaf.get_metadata().get("axes") or (None,) * len(leaf.shape)
+            return leaf.replace(NamedSharding(mesh, spec(axes, leaf.shape, mesh)))
+        return NamedSharding(mesh, P())
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def traced_under(mesh: Mesh, fn):
+    """`fn`, traced with `mesh` as the context mesh, so `constrain` inside it takes effect."""
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return traced
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """Pin an activation's layout by logical axis names; a no-op outside `traced_under`.
+
+    Without it XLA's propagation may split activations along the fsdp-sharded weights'
+    axes and gather whole batches instead of gathering the (smaller) weights.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, spec(axes, x.shape, mesh))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Batches are [..., rows, time]: rows split over the batch axes, everything else whole."""
+    return NamedSharding(mesh, P(*(None,) * (ndim - 2), RULES["batch"], None))
+
+
+def n_batch_shards(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in RULES["batch"])
+
+
+def put_batch(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A global batch from this process's rows (all rows when there is one process)."""
+    sharding = batch_sharding(mesh, local_rows.ndim)
+    global_shape = (*local_rows.shape[:-2], local_rows.shape[-2] * jax.process_count(), local_rows.shape[-1])
+    return jax.make_array_from_process_local_data(sharding, local_rows, global_shape)
+
+
+def process_rows(batch_size: int, mesh: Mesh | None = None) -> np.ndarray | slice:
+    """Which rows of every (micro-)batch this process loads: those its own devices hold, in order.
+
+    `put_batch` places them back by the same sharding, so any device order in the mesh works.
+    """
+    if jax.process_count() == 1:
+        return slice(0, batch_size)
+    if mesh is None:  # assume each process's devices hold one contiguous block of rows
+        per = batch_size // jax.process_count()
+        return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+    held = batch_sharding(mesh, 2).addressable_devices_indices_map((batch_size, 1)).values()
+    return np.asarray(sorted({row for index in held for row in range(*index[0].indices(batch_size))}))

@@ -1,0 +1,1 @@
+"""Training: the optimizer, the jitted step, the loop, checkpoints, run directories and metrics."""

@@ -1,0 +1,109 @@
+"""Where training reports go: metrics.jsonl, a progress bar and wandb, on process 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+from gptjax.files import atomic_write
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: its step is trained again
+            continue
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, cfg, start_step: int, total_steps: int, resumed: bool = True):
+        """`resumed`: start_step's line comes from a restored checkpoint and stays (a fresh run logs step 0 anew)."""
+        self.active = jax.process_index() == 0
+        self.path = Path(run_dir) / METRICS_FILE
+        self.bar = self.wandb = self.file = None
+        if not self.active:
+            return
+        self.rewind(start_step if resumed else start_step - 1)
+        if cfg.run.progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+        if cfg.run.wandb != "off":
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb, config=cfg.to_dict(),
+                                    group=cfg.run.wandb_group or None, dir=str(run_dir), name=_wandb_name(run_dir, cfg),
+                                    id=_wandb_id(run_dir), resume="allow")
+
+    def rewind(self, step: int) -> None:
+        """Drop the lines after `step`: they will be trained again, and metrics.jsonl never holds a step twice."""
+        if not self.active:
+            return
+        if self.file is not None:
+            self.file.close()
+        kept = [m for m in read_metrics(self.path.parent) if m["step"] <= step]
+        atomic_write(self.path, "".join(json.dumps(m) + "\n" for m in kept))
+        self.file = open(self.path, "a", buffering=1)
+        if self.bar is not None:
+            self.bar.n = max(step, 0)
+            self.bar.refresh()
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        if self.bar is not None and "train_loss" in row:
+            shown = {"loss": f"{row['train_loss']:.4f}"}
+            if "tokens_per_sec" in row:
+                shown["tok/s"] = f"{row['tokens_per_sec']:,.0f}"
+            self.bar.set_postfix(shown, refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.active:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _plain(v):
+    v = float(v) if hasattr(v, "item") or isinstance(v, float) else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _wandb_name(run_dir: Path, cfg) -> str:
+    # A sweep's runs are SWEEP/POINT/seed=N: inside a group the point tells them apart, "seed=0" alone would not.
+    run_dir = Path(run_dir).absolute()
+    return f"{run_dir.parent.name}/{run_dir.name}" if cfg.run.wandb_group else run_dir.name
+
+
+def _wandb_id(run_dir: Path) -> str:
+    # One wandb run per run directory, so a resumed run continues the same curves.
+    path = Path(run_dir) / "wandb_id"
+    if not path.is_file():
+        path.write_text(secrets.token_hex(8))
+    return path.read_text().strip()

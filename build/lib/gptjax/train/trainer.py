@@ -1,0 +1,306 @@
+"""The training loop: data, model and optimizer from a config; restore or init; train, evaluate, checkpoint.
+
+Every step is checked for a non-finite loss, gradient or parameter. The flags stay on the
+device until a log or checkpoint step reads them all at once, so the host never waits on
+the device just to check; the step named is still the one where the problem appeared,
+and a checkpoint is only written after every step before it has been checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gptjax import data, sharding
+from gptjax.config import Config, ConfigError
+from gptjax.errors import UserError
+from gptjax.model import GPT, abstract_model
+from gptjax.train import finetune, optim
+from gptjax.train.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
+from gptjax.train.runs import check_disk_space, check_run_dir, write_run_files
+from gptjax.train.step import TrainState, initial_rng, jit_eval_step, jit_train_step
+from gptjax.train.tracking import Tracker
+
+
+class TrainingError(UserError):
+    """Training cannot go on as configured (a non-finite loss or gradient); the message names the step."""
+
+
+
+@dataclasses.dataclass
+class Pieces:
+    """Everything built once per run: static structure, placements and the compiled steps."""
+    graphdef: nnx.GraphDef
+    state_shardings: TrainState
+    abstract_state: TrainState
+    tx: object
+    train_step: object
+    eval_step: object
+
+
+def build(cfg: Config, mesh) -> Pieces:
+    graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
+    tx = optim.make(cfg.train)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = sharding.NamedSharding(mesh, sharding.P())
+    shardings = TrainState(replicated, sharding.tree_shardings(abstract_params, mesh),
+                           sharding.tree_shardings(abstract_opt, mesh), replicated)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt,
+                                       jax.ShapeDtypeStruct((2,), jnp.uint32)), shardings)
+    return Pieces(graphdef, shardings, abstract, tx,
+                  jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings, mesh,
+                                 skip_nonfinite=cfg.train.on_nonfinite == "skip"), jit_eval_step(graphdef, mesh))
+
+
+
+def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> TrainState:
+    """A fresh optimizer around fresh parameters (or given ones: a fine-tune), created in their sharded places."""
+    def init(seed, params):
+        if params is None:
+            params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=jax.random.key(seed))), nnx.Param)
+        return TrainState(jnp.zeros((), jnp.int32), params, pieces.tx.init(params), initial_rng(seed))
+    if params is not None:  # loaded on one device (a converted checkpoint): lay it out as the run's mesh wants
+        params = jax.device_put(params, pieces.state_shardings.params)
+    # The seed is an argument, not a constant baked into the program, so runs that differ only
+    # in seed (a sweep's) compile the same init and JAX's compilation cache can serve it.
+    return jax.jit(init, out_shardings=pieces.state_shardings)(np.int64(cfg.train.seed), params)
+
+
+def state_bytes(pieces: Pieces) -> int:
+    """What one checkpoint of this model takes on disk (parameters and optimizer state, uncompressed)."""
+    leaves = jax.tree.leaves((pieces.abstract_state.params, pieces.abstract_state.opt_state))
+    return sum(math.prod(a.shape) * a.dtype.itemsize for a in leaves)
+
+
+def restore_state(ckpts: Checkpoints, step: int, pieces: Pieces) -> TrainState:
+    abstract = pieces.abstract_state
+    # A converted checkpoint (gptjax.convert) holds weights only: training starts a fresh optimizer on them.
+    weights_only = ckpts.meta(step).get("opt_state") is False
+    params, opt_state, meta = ckpts.restore(step, abstract.params, None if weights_only else abstract.opt_state)
+    if weights_only:
+        opt_state = jax.jit(pieces.tx.init, out_shardings=pieces.state_shardings.opt_state)(params)
+    rng = jax.device_put(np.asarray(meta["rng"], np.uint32), pieces.state_shardings.rng)
+    return TrainState(jax.device_put(jnp.int32(meta["step"]), pieces.state_shardings.step), params, opt_state, rng)
+
+
+def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params) -> dict[str, float]:
+    """Mean loss over fixed batches of each split: the same batches at every evaluation."""
+    out = {}
+    rows = sharding.process_rows(cfg.train.micro_batch_size, mesh)
+    for split in ("train", "val"):
+        tokens = ds.split(split)
+        losses = []
+        for i in range(cfg.train.eval_batches):
+            starts = data.window_starts(len(tokens), seed=cfg.train.seed, step=i, stream=data.EVAL_STREAM,
+                                        batch_size=cfg.train.micro_batch_size, n_ctx=cfg.model.n_ctx)[rows]
+            x, y = data.gather(tokens, starts, cfg.model.n_ctx)
+            losses.append(eval_step(params, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)))
+        out[f"{split}_loss"] = float(jnp.mean(jnp.stack(losses)))
+    return out
+
+
+def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
+    """Step `step`'s batch as [grad_accum, micro_batch, n_ctx], this process's rows only."""
+    t = cfg.train
+    starts = data.window_starts(len(ds.train), seed=t.seed, step=step, batch_size=t.batch_size, n_ctx=cfg.model.n_ctx)
+    starts = starts.reshape(t.grad_accum, t.micro_batch_size)[:, sharding.process_rows(t.micro_batch_size, mesh)]
+    x, y = data.gather(ds.train, starts, cfg.model.n_ctx)
+    return sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)
+
+
+def setup(cfg: Config):
+    """Data, resolved config and mesh, checked before the run directory is touched."""
+    ds = data.prepare(cfg.data)
+    cfg = cfg.resolve_vocab(ds.vocab_size)
+    data.check_fits(ds, cfg.model.n_ctx)
+    mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
+    shards = sharding.n_batch_shards(mesh)
+    if cfg.train.micro_batch_size % shards:
+        raise ConfigError(f"micro-batch of {cfg.train.micro_batch_size} sequences (train.batch_size / "
+                          f"train.grad_accum) does not split over {shards} devices; make it a multiple of {shards}")
+    return cfg, ds, mesh
+
+
+def resume(ckpts: Checkpoints, pieces: Pieces) -> tuple[TrainState | None, int]:
+    """The newest checkpoint that restores intact; damaged newer ones are set aside with a warning."""
+    damaged = []
+    for step in reversed(ckpts.steps()):
+        try:
+            state = restore_state(ckpts, step, pieces)
+        except CheckpointError as e:
+            damaged.append((step, e))
+            continue
+        if damaged:
+            where = ckpts.set_aside([s for s, _ in damaged])
+            for _, e in damaged:
+                _warn(f"{e}; resuming from step {step} instead (the damaged one is kept in {where})")
+        return state, step
+    if damaged:
+        raise CheckpointError(f"{damaged[0][1]}; no checkpoint of this run restores: move {ckpts.directory} "
+                              f"aside to train from scratch, or use another run.out_dir") from None
+    return None, 0
+
+
+def _warn(text: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {text}", file=sys.stderr)
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
+    source = None
+    if cfg.train.init_from:
+        source = finetune.open_source(cfg.train.init_from)
+        cfg = source.apply(cfg)  # the model's shape is the source's
+    cfg, ds, mesh = setup(cfg)
+    if source:
+        source.check_tokenizer(ds.tokenizer)
+    run_dir = check_run_dir(cfg)
+    pieces = build(cfg, mesh)
+    check_disk_space(run_dir, state_bytes(pieces), cfg.run.keep_checkpoints)
+    existed = (run_dir / CHECKPOINT_DIR).is_dir()
+    sharding.sync("run directory checked")  # every process looks before process 0 writes anything
+    # Orbax saves and restores collectively: every process opens, restores and saves alike.
+    ckpts = Checkpoints(run_dir, cfg.run.keep_checkpoints) if existed else None
+    state, start = resume(ckpts, pieces) if ckpts else (None, 0)
+    resumed = state is not None
+    if not resumed:  # a started run resumes, whatever train.init_from says
+        state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
+    if sharding.is_main_process():
+        write_run_files(run_dir, cfg, ds.tokenizer)
+    ckpts = ckpts or Checkpoints(run_dir, cfg.run.keep_checkpoints)
+    tracker = Tracker(run_dir, cfg, start, cfg.train.steps, resumed=resumed)
+    try:
+        return Loop(cfg, ds, mesh, pieces, ckpts, tracker).run(state, start)
+    finally:
+        ckpts.close()
+        tracker.close()
+
+
+class Loop:
+    """Steps from a state to cfg.train.steps: log, evaluate, checkpoint, and act on non-finite steps."""
+
+    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker):
+        self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
+        self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag on device) not read yet
+        self.rolled_back: set[int] = set()  # bad steps already retried once
+        self.skipped = 0  # updates skipped since the last log line
+        self.clock = Clock()
+
+    def run(self, state: TrainState, start: int) -> dict:
+        t, last = self.cfg.train, {}
+        if start == 0:
+            last = {"step": 0, **self.evaluate(state)}
+            self.tracker.log(0, last)
+        elif start >= t.steps:
+            self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
+        step = start
+        self.clock.restart()
+        while step < t.steps:
+            state, metrics = self.pieces.train_step(state, *train_batch(self.cfg, self.ds, step, self.mesh))
+            step += 1
+            self.pending.append((step, metrics.pop("finite")))
+            self.tracker.advance()
+            self.clock.tick(state, first=step == start + 1)
+            is_eval = step % t.eval_every == 0 or step == t.steps
+            is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
+            if not (is_log or is_save):
+                continue
+            state, back = self.check(state, step)
+            if back is not None:  # rolled back: train those steps again
+                step = back
+                self.clock.restart()
+                continue
+            if is_log:  # before the save: a kill between the two drops this line on resume
+                last = self.log(state, step, metrics, is_eval)
+            if is_save:
+                save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
+        return last
+
+    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
+        row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
+               **self.clock.read(self.cfg.tokens_per_step)}
+        row |= self.eval_row(state, step) if is_eval else {}
+        row |= {"skipped_steps": self.skipped} if self.skipped else {}
+        self.skipped = 0
+        self.tracker.log(step, row)
+        return row
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        return evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params)
+
+    def eval_row(self, state: TrainState, step: int) -> dict[str, float]:
+        row = {k.replace("train_loss", "eval_train_loss"): v for k, v in self.evaluate(state).items()}
+        self.tracker.message(f"step {step}: train loss {row['eval_train_loss']:.4f}, val loss {row['val_loss']:.4f}")
+        return row
+
+    def check(self, state: TrainState, step: int) -> tuple[TrainState, int | None]:
+        """Read the pending finite flags; on a bad step act as train.on_nonfinite says.
+
+        Returns the state to go on with and, after a rollback, the step it is at.
+        """
+        flags = jax.device_get([flag for _, flag in self.pending])
+        bad = [s for (s, _), ok in zip(self.pending, flags) if not ok]
+        self.pending = []
+        if not bad:
+            return state, None
+        mode = self.cfg.train.on_nonfinite
+        what = f"non-finite loss or gradients at step {bad[0]}" + (
+            f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "")
+        if mode == "skip":  # the jitted step already kept the old state for these steps
+            self.skipped += len(bad)
+            plural = "s" if len(bad) > 1 else ""
+            self.tracker.message(f"warning: {what}; update{plural} skipped (train.on_nonfinite=skip)")
+            return state, None
+        self.ckpts.manager.wait_until_finished()
+        newest = self.ckpts.latest_step()
+        if mode == "rollback" and bad[0] not in self.rolled_back:
+            self.rolled_back.add(bad[0])
+            state = restore_state(self.ckpts, newest, self.pieces) if newest else init_state(self.cfg, self.pieces)
+            self.tracker.message(f"warning: {what}; rolling back to step {newest or 0} (train.on_nonfinite=rollback)")
+            self.tracker.rewind(newest or 0)
+            return state, newest or 0
+        again = f" again after rolling back to step {newest or 0}" if mode == "rollback" else ""
+        kept = f"the newest checkpoint is step {newest}, from before it" if newest else "no checkpoint was saved"
+        raise TrainingError(f"{what}{again}; training stopped and {kept}; lower train.lr, raise "
+                            f"train.warmup_steps, or set train.on_nonfinite=skip")
+
+
+class Clock:
+    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
+
+    def __init__(self):
+        self.restart()
+        self.compile_s = None
+
+    def restart(self) -> None:
+        self.since, self.steps = time.perf_counter(), 0
+
+    def tick(self, state: TrainState, first: bool) -> None:
+        self.steps += 1
+        if first:
+            jax.block_until_ready(state)
+            self.compile_s = time.perf_counter() - self.since
+            self.restart()
+
+    def read(self, tokens_per_step: int) -> dict[str, float]:
+        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
+        if self.steps:
+            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
+        self.compile_s = None
+        self.restart()
+        return row
+
+
+def save(ckpts: Checkpoints, cfg: Config, state: TrainState, step: int, row: dict) -> None:
+    meta = {"step": step, "rng": np.asarray(jax.device_get(state.rng)).tolist(), "config": cfg.to_dict(),
+            "val_loss": row.get("val_loss"), "train_loss": row.get("train_loss")}
+    ckpts.save(step, state.params, state.opt_state, meta, row.get("val_loss"))
