@@ -170,7 +170,7 @@ def test_sweep_file_with_command_line_on_top():
     assert spec.out == "runs/sweeps/heads_layers_cpu" and spec.seeds == 1
     spec = grid.make_spec(str(config.CONFIG_DIR / "ablations" / "heads_layers_cpu.yaml"),
                           ["model.n_layer=2", "train.lr=1e-3,3e-3"], 3, "elsewhere", None)
-    assert spec.axes == {"model.n_head": [1, 2, 4, 8], "train.lr": ["1e-3", "3e-3"]}
+    assert spec.axes == {"model.n_head": [1, 2, 4, 8], "train.lr": [0.001, 0.003]}
     assert spec.fixed == {"model.n_layer": 2} and spec.seeds == 3 and spec.out == "elsewhere"
     assert grid.plan(spec, sweep.with_vocab)[0].name == "n_head=1,lr=0.001"  # values as the config reads them
 
