@@ -288,8 +288,8 @@ def parse_overrides(overrides: list[str]) -> dict:
         items.append(item if value.strip() else f"{key}=''")  # `key=` clears a string, as in YAML
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(items))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {first_line(e)}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as e:  # values are read as YAML
+        raise ConfigError(f"bad override in {' '.join(overrides)!r}: {first_line(e)}") from None
 
 
 def from_dict(tree: dict) -> Config:
