@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gptjax.config import DataConfig
-from gptjax.data import prepare as preparation
-from gptjax.data import sources
+from gptjax.data import pipeline, sources
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.sources import DataError
 
@@ -53,7 +52,7 @@ def prepare(cfg: DataConfig, progress=None) -> Dataset:
     src = sources.resolve(cfg.source)
     if src.kind == "bin" and cfg.tokenizer != "gpt2":
         raise DataError(f"{cfg.source!r} is a nanoGPT train.bin/val.bin folder of GPT-2 ids; set data.tokenizer=gpt2")
-    fields = [preparation.FORMAT_VERSION, sources.identity(src), cfg.tokenizer, cfg.text_field]
+    fields = [pipeline.FORMAT_VERSION, sources.identity(src), cfg.tokenizer, cfg.text_field]
     key = hashlib.sha256(json.dumps(fields + [cfg.val_fraction] * (src.kind != "bin")).encode()).hexdigest()[:16]
     folder = cache_root(cfg) / "data" / key
     if not (folder / "meta.json").is_file():
@@ -81,8 +80,8 @@ def _build(cfg: DataConfig, src: sources.Source, folder: Path, progress) -> None
     scratch = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     scratch.mkdir()
     try:
-        meta = _bin_meta(src) if src.kind == "bin" else preparation.build(cfg, src, scratch, progress)
-        preparation.write_meta(scratch, {**meta, "source_id": sources.identity(src)})
+        meta = _bin_meta(src) if src.kind == "bin" else pipeline.build(cfg, src, scratch, progress)
+        pipeline.write_meta(scratch, {**meta, "source_id": sources.identity(src)})
         os.replace(scratch, folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -102,7 +101,7 @@ def _bin_meta(src: sources.Source) -> dict:
                 raise DataError(f"{str(path)!r} holds token id {top}, outside GPT-2's vocabulary of {vocab}; "
                                 f"it must hold nanoGPT's uint16 GPT-2 ids")
         counts[name] = len(tokens)
-    return {"format": preparation.FORMAT_VERSION, "source": src.spec, "dtype": "uint16", "vocab_size": vocab,
+    return {"format": pipeline.FORMAT_VERSION, "source": src.spec, "dtype": "uint16", "vocab_size": vocab,
             "n_train": counts["train"], "n_val": counts["val"], "tokenizer": {"kind": "gpt2"},
             "files": [str(p.resolve()) for p in src.paths]}
 

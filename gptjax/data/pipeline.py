@@ -49,6 +49,20 @@ class Progress:
         f = self.fraction
         return self.elapsed_s * (1 - f) / f if f else None
 
+    def line(self) -> str:
+        """One progress-bar line: documents, tokens/s and an ETA where the corpus size is known."""
+        what = "reading the char vocabulary" if self.stage == "vocabulary" else "tokenizing"
+        rate = f"{self.tokens / 1e6:.1f}M tokens, {self.tokens_per_s / 1e6:.2f}M tokens/s" if self.tokens else \
+            f"{self.chars / 1e6:.1f}M chars"
+        eta = "done" if self.stage == "done" else (
+            f"{self.fraction:4.0%}, ETA {_duration(self.eta_s)}" if self.eta_s is not None else "ETA unknown")
+        return f"data: {what} {self.docs:,} documents, {rate}, {_duration(self.elapsed_s)}, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{s:02d}s"
+
 
 def pieces(src: Source, cfg: DataConfig, cut: Callable[[str, int], int]) -> Iterator[Piece]:
     """Documents in order, each cut into pieces of about data.chunk_chars where `cut` says it is safe."""
@@ -175,7 +189,7 @@ class Splits:
     def close(self) -> dict:
         for f in self.files.values():
             f.close()
-        if not (self.counts["train"] and self.counts["val"]):
+        if any(self.counts.values()) and not all(self.counts.values()):
             self._hold_out_tail()
         return self.counts
 
@@ -199,7 +213,7 @@ class Splits:
 def build(cfg: DataConfig, src: Source, scratch: Path, progress=None) -> dict:
     """Tokenize `src` into scratch/{train,val}.bin; returns the meta.json fields."""
     t0 = time.perf_counter()
-    report = progress or (lambda p: None)
+    report = _throttled(progress)
     workers = _workers(cfg, src)
     if cfg.tokenizer == "char":
         codepoints = _char_vocabulary(cfg, src, report, t0)
@@ -215,11 +229,23 @@ def build(cfg: DataConfig, src: Source, scratch: Path, progress=None) -> dict:
         docs, chars = enc.docs_done, chars + enc.chars
         report(Progress("tokens", docs, sum(splits.counts.values()), chars, src.total_bytes, time.perf_counter() - t0))
     counts = splits.close()
+    report(Progress("done", docs, sum(counts.values()), chars, src.total_bytes, time.perf_counter() - t0))
     if not counts["train"]:
         raise DataError(f"dataset {src.spec!r} is empty; give it some text")
     return {"format": FORMAT_VERSION, "source": src.spec, "dtype": np.dtype(dtype).name, "documents": docs,
             "vocab_size": tok.vocab_size, "n_train": counts["train"], "n_val": counts["val"],
             "tokenizer": tok.to_json()}
+
+
+def _throttled(progress, every_s: float = 0.5):
+    """The caller's callback at most every `every_s` seconds, and always for the final report."""
+    last = [-every_s]
+
+    def report(p: Progress) -> None:
+        if progress and (p.stage == "done" or p.elapsed_s - last[0] >= every_s):
+            last[0] = p.elapsed_s
+            progress(p)
+    return report
 
 
 def _workers(cfg: DataConfig, src: Source) -> int:
