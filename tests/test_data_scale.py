@@ -86,11 +86,14 @@ def test_validation_holds_whole_documents(tmp_path):
 
 def test_a_long_document_is_cut_where_the_ids_do_not_change():
     enc = tokenizers.gpt2_encoding()
-    text = "".join(corpus(12))
-    for limit in (50, 333, 1024):
-        at = pipeline.bpe_cut(text, limit)
-        assert 0 < at <= limit
-        assert enc.encode_ordinary(text[:at]) + enc.encode_ordinary(text[at:]) == enc.encode_ordinary(text)
+    rng = np.random.default_rng(0)
+    alphabet = ["a", "Bc", " ", "  ", "\n", "\n\n", "\t", "'s", "'", "12", ".", "é", "\u00a0", "\r\n", "日本", "!?"]
+    texts = ["".join(corpus(12))] + ["".join(rng.choice(alphabet, 600)) for _ in range(30)]
+    for text in texts:
+        for limit in (50, 333, 1024):
+            at = pipeline.bpe_cut(text, limit)
+            assert 0 < at <= limit
+            assert enc.encode_ordinary(text[:at]) + enc.encode_ordinary(text[at:]) == enc.encode_ordinary(text)
 
 
 def test_nanogpt_bin_folder_is_used_where_it_lies(tmp_path):

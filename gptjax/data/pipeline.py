@@ -85,7 +85,7 @@ def bpe_cut(text: str, limit: int) -> int:
     non-space), so tokenizing the two halves gives exactly the ids of the whole."""
     at = max(text.rfind(" ", 1, limit), text.rfind("\n", 1, limit))
     while at > 0 and text[at - 1].isspace():
-        at = max(text.rfind(" ", 1, at - 1), text.rfind("\n", 1, at - 1))
+        at = max(text.rfind(" ", 1, at), text.rfind("\n", 1, at))
     return at if at > 0 else limit  # no whitespace in the whole block: an arbitrary cut
 
 

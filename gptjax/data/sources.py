@@ -28,11 +28,11 @@ class Source:
     kind: str  # builtin | files | hf | bin
     spec: str
     paths: tuple[Path, ...] = ()
+    total_bytes: int | None = None  # on disk, for an ETA; unknown for the hub
 
-    @property
-    def total_bytes(self) -> int | None:
-        """Bytes on disk to read, for an ETA; unknown for the hub."""
-        return sum(p.stat().st_size for p in self.paths) if self.kind != "hf" else None
+    def __post_init__(self):
+        if self.kind != "hf":
+            object.__setattr__(self, "total_bytes", sum(p.stat().st_size for p in self.paths))
 
 
 def resolve(spec: str) -> Source:
