@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -166,14 +167,14 @@ PREPARE = """
 import resource, sys
 from gptjax import data
 from gptjax.config import DataConfig
-ds = data.prepare(DataConfig(source=sys.argv[1], cache_dir=sys.argv[2], tokenizer=sys.argv[3], num_proc=1,
-                             chunk_chars=1 << 18))
+ds = data.prepare(DataConfig(source=sys.argv[1], cache_dir=sys.argv[2], tokenizer=sys.argv[3],
+                             num_proc=int(sys.argv[4]), chunk_chars=1 << 18))
 print(len(ds.train) + len(ds.val), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
-def prepare_in_subprocess(source, cache, tokenizer="char", **kw):
-    return subprocess.Popen([sys.executable, "-c", PREPARE, str(source), str(cache), tokenizer], cwd=ROOT,
+def prepare_in_subprocess(source, cache, tokenizer="char", num_proc=1, **kw):
+    return subprocess.Popen([sys.executable, "-c", PREPARE, str(source), str(cache), tokenizer, str(num_proc)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -198,13 +199,17 @@ def test_a_killed_preparation_leaves_no_cache_that_loads(tmp_path):
     path = tmp_path / "big.txt"
     path.write_text("".join(corpus(400)) * 8)  # a few seconds of GPT-2 tokenization
     cache = tmp_path / "cache"
-    proc = prepare_in_subprocess(path, cache, "gpt2")
+    proc = prepare_in_subprocess(path, cache, "gpt2", num_proc=2)
     deadline = time.time() + 120
     while not any(f.stat().st_size for f in (cache / "data").glob(".tmp-*/train.bin")) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) >= 2  # the pool, and multiprocessing's resource tracker
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive  # orphaned workers notice and exit
     assert list((cache / "data").glob(".tmp-*")) and not [p for p in (cache / "data").iterdir()
                                                           if not p.name.startswith(".")]
     ds = data.prepare(DataConfig(source=str(path), tokenizer="gpt2", cache_dir=str(cache)))

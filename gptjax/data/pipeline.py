@@ -7,6 +7,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -158,7 +159,8 @@ def ordered_map(fn, items: Iterable, workers: int) -> Iterator:
         yield from map(fn, items)
         return
     # spawn, not fork: the caller may hold JAX's threads, which a forked child would inherit broken.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         pending = deque()
         for item in items:
@@ -169,6 +171,16 @@ def ordered_map(fn, items: Iterable, workers: int) -> Iterator:
             yield pending.popleft().result()
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent was killed (SIGKILL runs no cleanup) exits within a second instead of
+    waiting forever on a task queue whose other end it holds itself."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 class Splits:
