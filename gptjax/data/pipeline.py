@@ -124,10 +124,12 @@ def _encoded(chunk: list[Piece], ids: np.ndarray, lengths: np.ndarray) -> Encode
 def encode_gpt2(chunk: list[Piece]) -> Encoded:
     """Token ids of a chunk, each document ending with <|endoftext|>."""
     enc = tokenizers.gpt2_encoding()
-    ids = [enc.encode_ordinary(text) + [enc.eot_token] * last for _, text, _, last in chunk]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(lengths.sum()))
-    return _encoded(chunk, flat, lengths)
+    eot = np.array([enc.eot_token], dtype=np.uint32)
+    # encode_to_numpy with no special tokens allowed is encode_ordinary without a Python int per token.
+    ids = [enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=()) for _, text, _, _ in chunk]
+    parts = itertools.chain.from_iterable((a, eot) if piece[3] else (a,) for a, piece in zip(ids, chunk))
+    lengths = np.fromiter((len(a) + piece[3] for a, piece in zip(ids, chunk)), dtype=np.int64, count=len(chunk))
+    return _encoded(chunk, np.concatenate(list(parts)).astype(np.uint16), lengths)
 
 
 def encode_chars(chunk: list[Piece], codepoints: np.ndarray) -> Encoded:
