@@ -74,7 +74,11 @@ def test_every_source_kind_gives_the_ids_of_one_file(tmp_path, tokenizer):
 def test_validation_holds_whole_documents(tmp_path):
     docs = corpus(200, seed=1)
     write_jsonl(tmp_path / "all.jsonl", docs)
-    ds = data.prepare(DataConfig(source=str(tmp_path / "all.jsonl"), tokenizer="gpt2", cache_dir=str(tmp_path / "c")))
+    reports = []
+    ds = data.prepare(DataConfig(source=str(tmp_path / "all.jsonl"), tokenizer="gpt2", cache_dir=str(tmp_path / "c")),
+                      progress=reports.append)
+    assert (reports[-1].stage, reports[-1].docs, reports[-1].tokens) == ("done", len(docs), len(ds.train) + len(ds.val))
+    assert "200 documents" in reports[-1].line() and "tokens/s" in reports[-1].line()
     held = pipeline.held_out(np.arange(len(docs)), 0.1)
     assert 5 < held.sum() < 40  # about a tenth of the documents
     eot = ds.tokenizer.eot_id

@@ -53,11 +53,15 @@ class Progress:
     def line(self) -> str:
         """One progress-bar line: documents, tokens/s and an ETA where the corpus size is known."""
         what = "reading the char vocabulary" if self.stage == "vocabulary" else "tokenizing"
-        rate = f"{self.tokens / 1e6:.1f}M tokens, {self.tokens_per_s / 1e6:.2f}M tokens/s" if self.tokens else \
-            f"{self.chars / 1e6:.1f}M chars"
+        rate = f"{_count(self.tokens)} tokens, {_count(self.tokens_per_s)} tokens/s" if self.tokens else \
+            f"{_count(self.chars)} chars"
         eta = "done" if self.stage == "done" else (
             f"{self.fraction:4.0%}, ETA {_duration(self.eta_s)}" if self.eta_s is not None else "ETA unknown")
         return f"data: {what} {self.docs:,} documents, {rate}, {_duration(self.elapsed_s)}, {eta}"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
 def _duration(seconds: float) -> str:
