@@ -71,6 +71,20 @@ def test_every_source_kind_gives_the_ids_of_one_file(tmp_path, tokenizer):
         assert ref.tokenizer.chars == sorted(set("\n".join(docs)))
 
 
+def test_hub_sources_stream_through_datasets(tmp_path):
+    # load_dataset takes a local folder as it takes a hub name, so the streamed hf: path runs offline.
+    docs = corpus()
+    write_jsonl(tmp_path / "all.jsonl", docs)
+    (tmp_path / "hub").mkdir()
+    write_jsonl(tmp_path / "hub" / "train.jsonl", docs)
+    cache = str(tmp_path / "cache")
+    ref = data.prepare(DataConfig(source=str(tmp_path / "all.jsonl"), tokenizer="gpt2", cache_dir=cache))
+    reports = []
+    ds = data.prepare(DataConfig(source=f"hf:{tmp_path}/hub", tokenizer="gpt2", cache_dir=cache), progress=reports.append)
+    assert splits(ds) == splits(ref)
+    assert reports[-1].eta_s is None and "ETA unknown" not in reports[-1].line()  # "done": no size to go by
+
+
 def test_validation_holds_whole_documents(tmp_path):
     docs = corpus(200, seed=1)
     write_jsonl(tmp_path / "all.jsonl", docs)
