@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing
@@ -236,7 +237,9 @@ def build(cfg: DataConfig, src: Source, scratch: Path, progress=None) -> dict:
     if cfg.tokenizer == "char":
         codepoints = _char_vocabulary(cfg, src, report, t0)
         tok = tokenizers.CharTokenizer([chr(c) for c in codepoints])
-        encode, cut, workers = _CharEncoder(codepoints), (lambda text, limit: limit), 1
+        # One process: numpy encodes characters faster than a pool could be sent them.
+        encode, cut, workers = functools.partial(encode_chars, codepoints=codepoints), (lambda text, limit: limit), 1
+        t0 = time.perf_counter()  # the ETA of this second pass is its own
     else:
         tok, encode, cut = tokenizers.GPT2Tokenizer(), encode_gpt2, bpe_cut
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
@@ -247,9 +250,9 @@ def build(cfg: DataConfig, src: Source, scratch: Path, progress=None) -> dict:
         docs, chars = enc.docs_done, chars + enc.chars
         report(Progress("tokens", docs, sum(splits.counts.values()), chars, src.total_bytes, time.perf_counter() - t0))
     counts = splits.close()
-    report(Progress("done", docs, sum(counts.values()), chars, src.total_bytes, time.perf_counter() - t0))
     if not counts["train"]:
         raise DataError(f"dataset {src.spec!r} is empty; give it some text")
+    report(Progress("done", docs, sum(counts.values()), chars, src.total_bytes, time.perf_counter() - t0))
     return {"format": FORMAT_VERSION, "source": src.spec, "dtype": np.dtype(dtype).name, "documents": docs,
             "vocab_size": tok.vocab_size, "n_train": counts["train"], "n_val": counts["val"],
             "tokenizer": tok.to_json()}
@@ -260,8 +263,8 @@ def _throttled(progress, every_s: float = 0.5):
     last = [-every_s]
 
     def report(p: Progress) -> None:
-        if progress and (p.stage == "done" or p.elapsed_s - last[0] >= every_s):
-            last[0] = p.elapsed_s
+        if progress and (p.stage == "done" or time.perf_counter() - last[0] >= every_s):
+            last[0] = time.perf_counter()
             progress(p)
     return report
 
@@ -271,14 +274,6 @@ def _workers(cfg: DataConfig, src: Source) -> int:
     total = src.total_bytes
     # A small corpus is done before a pool of fresh interpreters has started.
     return 1 if total is not None and total < 4 * cfg.chunk_chars else workers
-
-
-class _CharEncoder:
-    def __init__(self, codepoints: np.ndarray):
-        self.codepoints = codepoints
-
-    def __call__(self, chunk: list[Piece]):
-        return encode_chars(chunk, self.codepoints)
 
 
 def _char_vocabulary(cfg: DataConfig, src: Source, report, t0: float) -> np.ndarray:
