@@ -71,6 +71,8 @@ CASES = {
     "dataset shorter than a window": ([*TRAIN, "data.source={tmp}/short.txt"], "tokens, fewer than model.n_ctx+1=33; use more data or a smaller model.n_ctx", None),
     "data vocabulary above n_vocab": ([*TRAIN, "model.n_vocab=50"], "model.n_vocab=50 is smaller than the data's vocabulary of 65", None),
     "text not utf-8": ([*TRAIN, "data.source={tmp}/latin1.txt"], "is not UTF-8 text", None),
+    "jsonl row whose text is a number": ([*TRAIN, "data.source={tmp}/number.jsonl"], "dataset '{tmp}/number.jsonl' row 1: 'text' holds int '1', not text", None),
+    "folder with no shards": ([*TRAIN, "data.source={tmp}/no_shards"], "data.source '{tmp}/no_shards' is an empty folder", None),
     "resume with a changed model shape": ([*TRAIN, "model.n_layer=3"], "holds a run with model.n_layer=2, but this config says 3", None),
     "resume from damaged checkpoints": (TRAIN, "cannot be restored: .*no checkpoint of this run restores", damage_all),
     "sample a truncated checkpoint": (["sample.py", "{run}"], "checkpoint .*/4 cannot be restored: .*; try --step 2", truncate),
@@ -120,6 +122,8 @@ def outcomes(trained, tmp_path_factory):
         (tmp / "empty.txt").write_text("")
         (tmp / "short.txt").write_text("a tiny corpus\n")
         (tmp / "latin1.txt").write_bytes("café olé, " .encode("latin-1") * 100)
+        (tmp / "number.jsonl").write_text('{"text": "a row"}\n{"text": 1}\n')
+        (tmp / "no_shards").mkdir()
         run = tmp / "run"
         shutil.copytree(trained, run)
         if damage:

@@ -1,35 +1,31 @@
-"""Data: text sources -> cached uint16/uint32 token files + meta; batches as a pure function of (seed, step).
+"""Data: a source tokenized once into cached token files, memory-mapped; batches as a pure function of (seed, step).
 
 A source is tokenized once into `train.bin`/`val.bin` under a cache folder named by a
-hash of what determines the tokens (source content, tokenizer, split). Batches are
+hash of what determines the tokens (every shard's identity, tokenizer, split). Batches are
 random windows drawn from a generator seeded by (seed, step), so a resumed run sees
 exactly the batches an uninterrupted one would, and any process can draw its own rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from gptjax.config import DataConfig
+from gptjax.data import pipeline, sources
 from gptjax.data import tokenizer as tokenizers
-from gptjax.errors import UserError, first_line
+from gptjax.data.sources import DataError
 
-FORMAT_VERSION = 1  # bump when the cached layout or tokenization changes
-LOADERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TRAIN_STREAM, EVAL_STREAM = 0, 1
-
-
-class DataError(UserError):
-    """A dataset the user must fix; the message is one line saying how."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +47,21 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("GPTJAX_CACHE") or Path.home() / ".cache" / "gptjax").expanduser()
 
 
-def prepare(cfg: DataConfig) -> Dataset:
-    """Tokenize the source once (or reuse the cache) and memory-map its splits."""
-    source_id = _source_identity(cfg)
-    key = hashlib.sha256(json.dumps(
-        [FORMAT_VERSION, source_id, cfg.tokenizer, cfg.val_fraction, cfg.text_field]).encode()).hexdigest()[:16]
+def prepare(cfg: DataConfig, progress=None) -> Dataset:
+    """Tokenize the source once (or reuse the cache) and memory-map its splits; `progress`, if
+    given, is called with a `Progress` after every chunk."""
+    src = sources.resolve(cfg.source)
+    if src.kind == "bin" and cfg.tokenizer != "gpt2":
+        raise DataError(f"{cfg.source!r} is a nanoGPT train.bin/val.bin folder of GPT-2 ids; set data.tokenizer=gpt2")
+    fields = [pipeline.FORMAT_VERSION, sources.identity(src), cfg.tokenizer, cfg.text_field]
+    key = hashlib.sha256(json.dumps(fields + [cfg.val_fraction] * (src.kind != "bin")).encode()).hexdigest()[:16]
     folder = cache_root(cfg) / "data" / key
     if not (folder / "meta.json").is_file():
-        _build(cfg, source_id, folder)
+        for parent in (folder.parent, cache_root(cfg) / "locks"):
+            parent.mkdir(parents=True, exist_ok=True)
+        with _locked(cache_root(cfg) / "locks" / key):
+            if not (folder / "meta.json").is_file():  # another process may have built it meanwhile
+                _build(cfg, src, folder, progress)
     return _open(folder)
 
 
@@ -70,101 +73,53 @@ def vocab_size(cfg: DataConfig) -> int:
     return prepare(cfg).vocab_size
 
 
-def _source_identity(cfg: DataConfig) -> str:
-    if cfg.source == "shakespeare":
-        return "shakespeare:" + _sha256(tokenizers.ASSETS / "tinyshakespeare.txt")
-    if cfg.source.startswith("hf:"):
-        return cfg.source
-    path = Path(cfg.source).expanduser()
-    if not path.is_file():
-        raise DataError(f"dataset file {cfg.source!r} not found; data.source takes shakespeare, "
-                        f"a .txt/.jsonl/.parquet path, or hf:NAME")
-    if path.suffix.lower() not in LOADERS:
-        raise DataError(f"dataset file {cfg.source!r} has unsupported type {path.suffix!r}; "
-                        f"use one of {', '.join(sorted(LOADERS))}")
-    return "file:" + _sha256(path)
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One builder per cache entry; the OS drops the lock when its holder dies, even by SIGKILL."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_documents(cfg: DataConfig) -> list[str]:
-    """The source's documents as strings, through `datasets` for files and the hub."""
-    if cfg.source == "shakespeare":
-        return [(tokenizers.ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8")]
-    import datasets  # heavy import, only needed when a cache is built
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    cache = str(cache_root(cfg) / "hf")
+def _build(cfg: DataConfig, src: sources.Source, folder: Path, progress) -> None:
+    # Build in a scratch folder and rename it into place, so a killed preparation never leaves a
+    # cache that loads; holding the lock, any scratch of an earlier killed build is ours to remove.
+    for stale in folder.parent.glob(f".tmp-{folder.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    scratch.mkdir()
     try:
-        if cfg.source.startswith("hf:"):
-            name, _, subset = cfg.source[3:].partition(":")
-            ds = datasets.load_dataset(name, subset or None, split="train", cache_dir=cache)
-        else:
-            loader = LOADERS[Path(cfg.source).suffix.lower()]
-            extra = {"sample_by": "document"} if loader == "text" else {}
-            ds = datasets.load_dataset(loader, data_files=str(Path(cfg.source).expanduser()),
-                                       split="train", cache_dir=cache, **extra)
-    except Exception as e:  # datasets wraps reader errors; report the root cause in one line
-        root = e
-        while root.__cause__ or root.__context__:
-            root = root.__cause__ or root.__context__
-        if isinstance(root, UnicodeDecodeError):
-            raise DataError(f"dataset {cfg.source!r} is not UTF-8 text ({root.reason} at byte {root.start}); "
-                            f"re-encode it as UTF-8") from None
-        raise DataError(f"cannot load dataset {cfg.source!r}: {first_line(root)}") from None
-    if cfg.text_field not in ds.column_names:
-        raise DataError(f"dataset {cfg.source!r} has no column {cfg.text_field!r} (columns: "
-                        f"{', '.join(ds.column_names)}); set data.text_field")
-    return [t for t in ds[cfg.text_field] if t]
-
-
-def tokenize(cfg: DataConfig, docs: list[str]):
-    """All documents as one token stream; BPE documents end with <|endoftext|>."""
-    if cfg.tokenizer == "char":
-        text = "\n".join(docs)
-        tok = tokenizers.CharTokenizer.fit(text)
-        return tok, np.asarray(tok.encode(text))
-    tok = tokenizers.GPT2Tokenizer()
-    ids = [i for ids in tok.enc.encode_ordinary_batch(docs) for i in (*ids, tok.eot_id)]
-    return tok, np.asarray(ids)
-
-
-def _build(cfg: DataConfig, source_id: str, folder: Path) -> None:
-    docs = read_documents(cfg)
-    if not any(d.strip() for d in docs):
-        raise DataError(f"dataset {cfg.source!r} is empty; give it some text")
-    tok, ids = tokenize(cfg, docs)
-    dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-    n_val = max(1, int(len(ids) * cfg.val_fraction))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a scratch folder and rename it into place, so a crash never leaves a half cache.
-    scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    try:
-        ids[:-n_val].astype(dtype).tofile(scratch / "train.bin")
-        ids[-n_val:].astype(dtype).tofile(scratch / "val.bin")
-        meta = {"format": FORMAT_VERSION, "source": cfg.source, "source_id": source_id, "dtype": np.dtype(dtype).name,
-                "vocab_size": tok.vocab_size, "n_train": len(ids) - n_val, "n_val": n_val, "tokenizer": tok.to_json()}
-        (scratch / "meta.json").write_text(json.dumps(meta))
+        meta = _bin_meta(src) if src.kind == "bin" else pipeline.build(cfg, src, scratch, progress)
+        pipeline.write_meta(scratch, {**meta, "source_id": sources.identity(src)})
         os.replace(scratch, folder)
-    except OSError:
-        if (folder / "meta.json").is_file():  # another process built it first
-            return
-        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _bin_meta(src: sources.Source) -> dict:
+    """A nanoGPT folder is used where it lies, once checked: whole uint16 ids, all below GPT-2's vocabulary."""
+    vocab = tokenizers.GPT2Tokenizer().vocab_size
+    counts = {}
+    for name, path in zip(("train", "val"), src.paths):
+        if path.stat().st_size % 2 or path.stat().st_size < 2:
+            raise DataError(f"{str(path)!r} is not a file of uint16 token ids (size {path.stat().st_size} bytes)")
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")
+        for start in range(0, len(tokens), 1 << 24):
+            top = int(tokens[start:start + (1 << 24)].max())
+            if top >= vocab:
+                raise DataError(f"{str(path)!r} holds token id {top}, outside GPT-2's vocabulary of {vocab}; "
+                                f"it must hold nanoGPT's uint16 GPT-2 ids")
+        counts[name] = len(tokens)
+    return {"format": pipeline.FORMAT_VERSION, "source": src.spec, "dtype": "uint16", "vocab_size": vocab,
+            "n_train": counts["train"], "n_val": counts["val"], "tokenizer": {"kind": "gpt2"},
+            "files": [str(p.resolve()) for p in src.paths]}
+
+
 def _open(folder: Path) -> Dataset:
     meta = json.loads((folder / "meta.json").read_text())
-    splits = {name: np.memmap(folder / f"{name}.bin", dtype=meta["dtype"], mode="r") for name in ("train", "val")}
-    return Dataset(splits["train"], splits["val"], tokenizers.from_json(meta["tokenizer"]), meta)
+    files = meta.get("files") or [folder / f"{name}.bin" for name in ("train", "val")]
+    splits = [np.memmap(path, dtype=meta["dtype"], mode="r") for path in files]
+    return Dataset(splits[0], splits[1], tokenizers.from_json(meta["tokenizer"]), meta)
 
 
 def check_fits(ds: Dataset, n_ctx: int) -> None:

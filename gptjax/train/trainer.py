@@ -116,9 +116,14 @@ def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
     return sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)
 
 
+def show_data_progress(p: data.Progress) -> None:
+    """Data preparation's progress bar on stderr, redrawn in place."""
+    print(f"\r{p.line()}", end="\n" if p.stage == "done" else "", file=sys.stderr, flush=True)
+
+
 def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
-    ds = data.prepare(cfg.data)
+    ds = data.prepare(cfg.data, progress=show_data_progress if jax.process_index() == 0 else None)
     cfg = cfg.resolve_vocab(ds.vocab_size)
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
