@@ -34,6 +34,7 @@ class Attribution:
     attn_bias_l: np.ndarray  # b_O of each layer (zero without biases)
     mlp_l: np.ndarray
     final_bias: float     # β · W_E[target] (zero without biases)
+    biases: bool          # whether the model has biases (rows() leaves the bias parts out if not)
 
     def total(self) -> float:
         return float(self.token + self.position_embed + self.heads_lh.sum() + self.attn_bias_l.sum()
@@ -44,8 +45,9 @@ class Attribution:
         out = [("token embedding W_E", self.token), ("position embedding W_P", self.position_embed)]
         for l in range(len(self.mlp_l)):
             out += [(f"layer {l} head {h}", v) for h, v in enumerate(self.heads_lh[l])]
-            out += [(f"layer {l} attention bias b_O", self.attn_bias_l[l]), (f"layer {l} MLP", self.mlp_l[l])]
-        return [*out, ("final LayerNorm bias β", self.final_bias)]
+            out += [(f"layer {l} attention bias b_O", self.attn_bias_l[l])] if self.biases else []
+            out += [(f"layer {l} MLP", self.mlp_l[l])]
+        return [*out, ("final LayerNorm bias β", self.final_bias)] if self.biases else out
 
 
 def attribute(model: GPT, ids: list[int], target: int, position: int = -1) -> Attribution:
@@ -65,4 +67,4 @@ def attribute(model: GPT, ids: list[int], target: int, position: int = -1) -> At
     final_bias = 0.0 if ln.bias_d is None else float(ln.bias_d[...] @ model.wte_vd[...][target])
     return Attribution(target, t, float(logits_btv[0, t, target]), float(read(cache.tok_btd[0, t])),
                        float(read(cache.pos_td[t])), read(heads_lhd), read(attn_bias_ld),
-                       read(cache.mlp_out_lbtd[:, 0, t]), final_bias)
+                       read(cache.mlp_out_lbtd[:, 0, t]), final_bias, model.cfg.bias)
