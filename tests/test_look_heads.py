@@ -1,14 +1,28 @@
 """Looking deeper: the cached and patched forward pass, head knock-outs, head roles, logit attribution, the report."""
 
+import contextlib
+import dataclasses
+import io
+import re
+import shutil
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from gptjax import config
-from gptjax.look import attribution, heads, hooks
+from gptjax.data.tokenizer import ASSETS, CharTokenizer
+from gptjax.look import attribution, commands, heads, hooks
+from gptjax.look import cli as inspect
 from gptjax.model import GPT
+from gptjax.train import optim
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.trainer import write_run_files
+from tests.conftest import ROOT, run_main
 from tests.test_inspect import randomized
 
 # A hand-built two-layer induction circuit over 8 tokens and 16 positions, each a one-hot
@@ -162,3 +176,137 @@ def test_the_induction_head_is_what_raises_the_repeated_tokens_logit(hand):
     a = attribution.attribute(hand, ids[:t + 1], ids[t + 1])
     parts = dict(a.rows())
     assert max(parts, key=parts.get) == "layer 1 head 0" and parts["layer 1 head 0"] > 5
+
+
+# ---------------------------------------------------------------------------
+# The command line and the report, on a run directory holding the hand-built circuit
+
+
+def save_run(run_dir, cfg, model, tokenizer):
+    write_run_files(run_dir, cfg, tokenizer)
+    params = nnx.state(model, nnx.Param)
+    ckpts = Checkpoints(run_dir)
+    ckpts.save(1, params, optim.make(cfg.train).init(params), {"step": 1}, None)
+    ckpts.close()
+
+
+@pytest.fixture(scope="module")
+def hand_run(tmp_path_factory, hand):
+    # Its data: the start token 'a', then the other seven letters in a random order, twice; over and over.
+    folder = tmp_path_factory.mktemp("heads")
+    letters = "abcdefgh"
+    rows = heads.repeated_sequences(V, T, [0], 400, seed=3)
+    (folder / "repeats.txt").write_text("".join(letters[i] for i in rows.ravel()))
+    overrides = [f"model.{k}={getattr(HAND, k)}" for k in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")]
+    cfg = config.load("tiny", [f"run.out_dir={folder / 'run'}", "model.bias=false", f"data.source={folder / 'repeats.txt'}",
+                               *overrides])
+    save_run(folder / "run", cfg, hand, CharTokenizer(list(letters)))
+    return folder / "run"
+
+
+def cells(out: str, first: str) -> list[list[str]]:
+    """The rows of a printed table whose header starts with `first`."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    return [line.split() for line in lines[start + 1:] if line and line.split()[0].isdigit()]
+
+
+def test_cli_heads_prints_the_runs_knockouts_and_roles_finds_the_circuit(hand, hand_run, tmp_path):
+    result = run_main(inspect.main, ["heads", str(hand_run), "--out", str(tmp_path / "heads.png")])
+    assert result.returncode == 0, result.stderr
+    run, _ = hooks.load(hand_run)
+    k = heads.knockouts(hand, commands.val_batches(run, run.cfg.train.eval_batches))
+    assert f"loss {k.base:.4f} with nothing knocked out" in result.stdout
+    rows = np.array([[float(x) for x in r[1:]] for r in cells(result.stdout, "layer")])  # heads | attention | MLP
+    np.testing.assert_allclose(rows, np.concatenate([k.heads_lh, k.attn_l[:, None], k.mlp_l[:, None]], 1), atol=1e-4)
+    assert (rows[:, 1] == 0).all() and (rows[:, 3] == 0).all()  # silent heads and MLPs: exactly nothing
+    result = run_main(inspect.main, ["roles", str(hand_run), "--sequences", "4", "--out", str(tmp_path / "roles.png")])
+    assert result.returncode == 0, result.stderr
+    scores = {(int(r[0]), int(r[1])): [float(x) for x in r[2:]] for r in cells(result.stdout, "layer")}
+    for column, head in enumerate([(0, 0), (0, 1), (1, 0)]):  # previous-token, duplicate-token, induction
+        assert max(scores, key=lambda k: scores[k][column]) == head
+    for png in ("heads.png", "roles.png"):
+        with Image.open(tmp_path / png) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_cli_attribute_names_the_induction_head(hand_run):
+    result = run_main(inspect.main, ["attribute", str(hand_run), "--prompt", "acbhgfedcb", "--target", "h"])
+    assert result.returncode == 0, result.stderr
+    rows = [line.rsplit(None, 1) for line in result.stdout.splitlines()[2:]]
+    parts = {name.strip(): float(v) for name, v in rows}
+    assert max(parts, key=parts.get) == "layer 1 head 0"
+    logit, total = (float(x) for x in re.findall(r"logit (\S+), parts sum to (\S+) ", result.stdout)[0])
+    assert total == pytest.approx(logit, abs=1e-3) and "σ frozen" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["heads", "{run}", "--batches", "0"], "--batches must be at least 1, got 0"),
+    (["heads", "{run}", "--ablation", "half"], "argument --ablation: invalid choice: 'half'"),
+    (["heads", "{run}", "--out", "{run}/heads.jpg"], "give a file name ending in .png"),
+    (["roles", "{run}", "--sequences", "-2"], "--sequences must be at least 1"),
+    (["attribute", "{run}", "--prompt", "ab", "--target", "bc"], "--target 'bc' is 2 tokens; give exactly one"),
+    (["attribute", "{run}", "--prompt", "ab", "--target", "z"], "--target 'z': text has 1 character(s) outside"),
+    (["report", "{run}", "--prompt", "ab", "--out", "{run}/r.txt"], "give a file name ending in .html"),
+    (["report", "{run}", "--prompt", "ab", "--out", "{run}/no/r.html"], "does not exist; create it"),
+    (["heads", "{run}/missing"], "is not a run directory"),
+])
+def test_bad_input_is_one_line_and_exit_2_and_leaves_the_run_alone(hand_run, args, message):
+    before = sorted((p.relative_to(hand_run), p.stat().st_mtime_ns) for p in hand_run.rglob("*"))
+    result = run_main(inspect.main, [a.replace("{run}", str(hand_run)) for a in args])
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
+    assert sorted((p.relative_to(hand_run), p.stat().st_mtime_ns) for p in hand_run.rglob("*")) == before
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(tmp_path, *args: str) -> str:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    result = subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install -y chromium; .ci/run installs it)")
+def test_report_is_one_file_that_renders_every_view_in_chromium(hand_run, tmp_path):
+    out = tmp_path / "report.html"
+    result = run_main(inspect.main, ["report", str(hand_run), "--prompt", "acbhgfedcb", "--sequences", "4",
+                                     "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    # Self-contained: nothing is fetched, every picture is inline.
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page) and page.count('src="data:image/png;base64,') == 2
+    dom = chromium(tmp_path, "--dump-dom", out.as_uri())
+    assert '<body data-ready="yes">' in dom  # the script ran to its end
+    for view in ("knockouts", "roles", "attribution", "attention"):
+        assert f'<section id="{view}">' in dom
+    # The script drew the head picker, the prompt's tokens, and the whole map of the first head.
+    assert dom.count("<button") == HAND.n_layer * HAND.n_head
+    assert re.search(r'<div id="tokens">(<span[^>]*>[^<]*</span>){10}</div>', dom)
+    assert dom.count('<td title="query ') == 10 * 11 // 2  # the causal half of a 10 x 10 map
+    assert '<td title="query 0 &quot;a&quot; -&gt; key 0 &quot;a&quot;: 1.000"' in dom
+    assert "layer 0, head 0: where position 9" in dom
+    chromium(tmp_path, "--window-size=1000,3000", f"--screenshot={tmp_path / 'report.png'}", out.as_uri())
+    with Image.open(tmp_path / "report.png") as image:
+        assert image.size == (1000, 3000)
+
+
+# ---------------------------------------------------------------------------
+# The README's notebook example
+
+
+def test_readme_notebook_example_runs(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"### From a notebook\n.*?```python\n(.*?)```", text, re.S).group(1)
+    cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'run'}"])
+    tok = CharTokenizer.fit((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8"))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_vocab=tok.vocab_size))
+    save_run(tmp_path / "run", cfg, randomized(cfg.model), tok)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(example.replace("runs/shakespeare_char_cpu", str(tmp_path / "run")), {})
+    assert "knocking out layer 1 head 3 moves the last logits by" in out.getvalue()
