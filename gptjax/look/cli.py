@@ -202,8 +202,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from gptjax.look import commands
-
+    from gptjax.look import commands  # the deeper commands live there; they import this module
     p = Parser(prog="gptjax inspect", description=__doc__.splitlines()[0], epilog=EPILOG + commands.EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

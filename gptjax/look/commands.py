@@ -67,32 +67,32 @@ def attribute(run, model, ids: list[int], target: str | None):
     return attribution.attribute(model, ids, t), render.show(tok.decode([t]))
 
 
-def cmd_heads(args) -> None:
-    from gptjax.look import figures, render
+def table_and_picture(args, compute, table, figure) -> None:
+    """Load the run, compute, print the table, and draw the figure when --out asks."""
+    from gptjax.look import render
 
-    positive("--batches", args.batches)
     if args.out:
         render.check_out(args.out)
     run, model = load_run(args)
-    k = knockouts(args, run, model)
-    print(figures.knockout_table(k))
+    result = compute(args, run, model)
+    print(table(result))
     if args.out:
-        render.save(figures.knockout_figure(k), args.out)
+        render.save(figure(result), args.out)
         print(f"wrote {args.out}")
+
+
+def cmd_heads(args) -> None:
+    from gptjax.look import figures
+
+    positive("--batches", args.batches)
+    table_and_picture(args, knockouts, figures.knockout_table, figures.knockout_figure)
 
 
 def cmd_roles(args) -> None:
-    from gptjax.look import figures, render
+    from gptjax.look import figures
 
     positive("--sequences", args.sequences)
-    if args.out:
-        render.check_out(args.out)
-    run, model = load_run(args)
-    scores = role_scores(args, run, model)
-    print(figures.roles_table(scores))
-    if args.out:
-        render.save(figures.roles_figure(scores), args.out)
-        print(f"wrote {args.out}")
+    table_and_picture(args, role_scores, figures.roles_table, figures.roles_figure)
 
 
 def cmd_attribute(args) -> None:
