@@ -290,6 +290,12 @@ def test_report_is_one_file_that_renders_every_view_in_chromium(hand_run, tmp_pa
     assert dom.count('<td title="query ') == 10 * 11 // 2  # the causal half of a 10 x 10 map
     assert '<td title="query 0 &quot;a&quot; -&gt; key 0 &quot;a&quot;: 1.000"' in dom
     assert "layer 0, head 0: where position 9" in dom
+    # A view named in the address: the induction head from the query "c" at position 8 (the
+    # second "c" of "acbhgfedcb") attends to the "b" after the first "c", position 2.
+    dom = chromium(tmp_path, "--dump-dom", out.as_uri() + "#layer=1&head=0&query=8")
+    assert "layer 1, head 0: where position 8" in dom
+    weights = [float(w) for w in re.findall(r'title="position \d+: attention ([\d.]+)"', dom)]
+    assert len(weights) == 10 and int(np.argmax(weights)) == 2 and weights[2] > 0.9
     chromium(tmp_path, "--window-size=1000,3000", f"--screenshot={tmp_path / 'report.png'}", out.as_uri())
     with Image.open(tmp_path / "report.png") as image:
         assert image.size == (1000, 3000)

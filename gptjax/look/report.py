@@ -26,10 +26,17 @@ img { max-width: 100%; } .bar { display: inline-block; height: .8em; vertical-al
 """
 
 # Hover a token to see where it attends, in the head picked above; the first view is drawn
-# on load (the last token, layer 0 head 0) so the page is never blank.
+# on load (the last token, layer 0 head 0, unless the address names others) so the page is never blank.
 SCRIPT = """
 const data = JSON.parse(document.getElementById("attention-data").textContent);
-let layer = 0, head = 0, query = data.tokens.length - 1;
+// A view can be linked to: report.html#layer=1&head=3&query=5.
+const linked = new URLSearchParams(location.hash.slice(1));
+const pick = (key, size, fallback) => {
+  const v = parseInt(linked.get(key), 10);
+  return v >= 0 && v < size ? v : fallback;
+};
+let layer = pick("layer", data.attn.length, 0), head = pick("head", data.attn[0].length, 0);
+let query = pick("query", data.tokens.length, data.tokens.length - 1);
 const spans = [], buttons = [];
 const caption = document.getElementById("caption");
 function draw() {
