@@ -111,6 +111,9 @@ def cmd_report(args) -> None:
     out = report.check_out(args.out)
     run, model = load_run(args)
     ids = encode_prompt(run, args.prompt)
+    if len(ids) > report.MAX_TOKENS:
+        raise InspectError(f"--prompt is {len(ids)} tokens; the report draws every head's attention over at most "
+                           f"{report.MAX_TOKENS}, so give a shorter prompt")
     page = report.build(str(args.run_dir), run, model, ids, knockouts(args, run, model), role_scores(args, run, model),
                         *attribute(run, model, ids, args.target))
     report.write(page, out)

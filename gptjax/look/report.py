@@ -12,6 +12,8 @@ import numpy as np
 from gptjax.errors import UserError
 from gptjax.look import figures, heads, hooks
 
+MAX_TOKENS = 128  # every head's T x T weights go into the page: GPT-2's 144 heads at 128 tokens are ~14 MB
+
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
