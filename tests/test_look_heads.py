@@ -18,12 +18,22 @@ from gptjax import config
 from gptjax.data.tokenizer import ASSETS, CharTokenizer
 from gptjax.look import attribution, commands, heads, hooks, report
 from gptjax.look import cli as inspect
+from gptjax.model import GPT
 from gptjax.train import optim
 from gptjax.train.checkpoint import Checkpoints
 from gptjax.train.trainer import write_run_files
 from tests.circuits import HAND, T, V, induction_model
 from tests.conftest import ROOT, run_main
 from tests.test_inspect import randomized
+
+RAND = config.ModelConfig(n_vocab=11, n_ctx=12, n_embd=16, n_head=4, n_layer=3)
+model_forward = nnx.jit(lambda model, idx_bt: model(idx_bt))  # eager, every op would compile on its own
+
+
+@pytest.fixture(scope="module")
+def rand():
+    """One model with random biases and LayerNorm gains too (a dropped bias or gain would show), for the module."""
+    return randomized(RAND)
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +50,28 @@ def repeated(batch=8, seed=0):
 # The forward pass
 
 
-def test_forward_with_no_patch_is_the_models_own():
-    cfg = config.ModelConfig(n_vocab=11, n_ctx=12, n_embd=16, n_head=4, n_layer=3)
-    model = randomized(cfg)
+def test_forward_with_no_patch_is_the_models_own(rand):
+    model = rand
     idx_bt = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, 11)
     logits_btv, cache = hooks.run_with_cache(model, idx_bt)
-    np.testing.assert_allclose(logits_btv, model(idx_bt), atol=1e-5)
+    np.testing.assert_allclose(logits_btv, model_forward(model, idx_bt), atol=1e-5)
     assert cache.resid_lbtd.shape == (4, 2, 12, 16) and cache.z_lbthk.shape == (3, 2, 12, 4, 4)
     # The stream is the sum of its parts: embeddings plus every sublayer's output.
     parts = cache.tok_btd + cache.pos_td + cache.attn_out_lbtd.sum(0) + cache.mlp_out_lbtd.sum(0)
     np.testing.assert_allclose(cache.resid_lbtd[-1], parts, atol=1e-5)
 
 
-def test_patching_a_head_with_another_runs_output_moves_the_logits_there():
-    model = randomized(config.ModelConfig(n_vocab=11, n_ctx=12, n_embd=16, n_head=4, n_layer=1))
+def test_patching_a_head_with_another_runs_output_moves_the_logits_there(rand):
+    model = rand
     a_bt, b_bt = (jax.random.randint(jax.random.PRNGKey(i), (1, 12), 0, 11) for i in (1, 2))
     _, cache_b = hooks.run_with_cache(model, b_bt)
     patch = hooks.Patch.identity(model.cfg)
     for h in range(4):
         patch = patch.patch_head(0, h, cache_b)
     _, cache_a = hooks.run_with_cache(model, a_bt, patch)
-    # Every head of the only layer patched from b: layer 0's attention output is b's.
-    np.testing.assert_allclose(cache_a.attn_out_lbtd, cache_b.attn_out_lbtd, atol=1e-6)
+    # Every head of layer 0 patched from b: layer 0's attention output is b's, and the rest is not.
+    np.testing.assert_allclose(cache_a.attn_out_lbtd[0], cache_b.attn_out_lbtd[0], atol=1e-6)
+    assert not np.allclose(cache_a.attn_out_lbtd[1], cache_b.attn_out_lbtd[1], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------
@@ -102,12 +112,11 @@ def test_repeated_sequences_repeat_distinct_tokens_after_the_start_token():
 
 
 @pytest.mark.parametrize("position, target", [(-1, 3), (4, 0), (9, 10)])
-def test_attributions_sum_to_the_logit_with_the_final_norm_frozen(position, target):
-    # Random biases and LayerNorm gains, so a dropped bias or gain would show.
-    model = randomized(config.ModelConfig(n_vocab=11, n_ctx=12, n_embd=16, n_head=4, n_layer=3))
+def test_attributions_sum_to_the_logit_with_the_final_norm_frozen(rand, position, target):
+    model = rand
     ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     a = attribution.attribute(model, ids, target, position)
-    assert a.logit == pytest.approx(float(model(jnp.asarray([ids]))[0, position, target]), abs=1e-5)
+    assert a.logit == pytest.approx(float(model_forward(model, jnp.asarray([ids]))[0, position, target]), abs=1e-5)
     # Exact up to float rounding: ln_f is linear in the stream once σ is frozen at its value.
     assert a.total() == pytest.approx(a.logit, abs=1e-4)
     assert sum(v for _, v in a.rows()) == pytest.approx(a.logit, abs=1e-4)
@@ -264,7 +273,7 @@ def test_readme_notebook_example_runs(tmp_path):
     cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'run'}"])
     tok = CharTokenizer.fit((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8"))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_vocab=tok.vocab_size))
-    save_run(tmp_path / "run", cfg, randomized(cfg.model), tok)
+    save_run(tmp_path / "run", cfg, GPT(cfg.model, rngs=nnx.Rngs(0)), tok)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(example.replace("runs/shakespeare_char_cpu", str(tmp_path / "run")), {})
