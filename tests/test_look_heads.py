@@ -59,6 +59,10 @@ def test_forward_with_no_patch_is_the_models_own(rand):
     # The stream is the sum of its parts: embeddings plus every sublayer's output.
     parts = cache.tok_btd + cache.pos_td + cache.attn_out_lbtd.sum(0) + cache.mlp_out_lbtd.sum(0)
     np.testing.assert_allclose(cache.resid_lbtd[-1], parts, atol=1e-5)
+    # Mean ablation's fills: each head's and sublayer's output averaged over batch and positions.
+    means = heads.activation_means(model, [(idx_bt[:1], None), (idx_bt[1:], None)])
+    for mean, full in zip(means, (cache.z_lbthk, cache.attn_out_lbtd, cache.mlp_out_lbtd)):
+        np.testing.assert_allclose(mean, full.mean((1, 2)), atol=1e-6)
 
 
 def test_patching_a_head_with_another_runs_output_moves_the_logits_there(rand):
@@ -118,8 +122,8 @@ def test_attributions_sum_to_the_logit_with_the_final_norm_frozen(rand, position
     a = attribution.attribute(model, ids, target, position)
     assert a.logit == pytest.approx(float(model_forward(model, jnp.asarray([ids]))[0, position, target]), abs=1e-5)
     # Exact up to float rounding: ln_f is linear in the stream once σ is frozen at its value.
-    assert a.total() == pytest.approx(a.logit, abs=1e-4)
-    assert sum(v for _, v in a.rows()) == pytest.approx(a.logit, abs=1e-4)
+    assert a.total() == pytest.approx(a.logit, abs=1e-5)
+    assert sum(v for _, v in a.rows()) == pytest.approx(a.logit, abs=1e-5)
     assert a.final_bias != 0 and (a.attn_bias_l != 0).all()
 
 
