@@ -1,1 +1,1 @@
-"""Looking inside a trained model: parameters, next-token tables, attention, embeddings, the logit lens."""
+"""Looking inside a trained model: what its parameters, attention, heads and layers do, as tables, PNGs, HTML."""

@@ -1,4 +1,4 @@
-"""Look inside a model: gptjax inspect {params,next,attention,embeddings,lens} ...
+"""Look inside a model: gptjax inspect {params,next,attention,embeddings,lens,heads,roles,attribute,report} ...
 
 The command line over gptjax/analysis.py: parse flags, load the run, check the flags against
 the model, then print the tables and save the pictures that gptjax/render.py makes. Every
@@ -20,7 +20,7 @@ EPILOG = """examples:
   gptjax inspect next runs/shakespeare_char_cpu --prompt "ROMEO:" --temperature 0 0.5 1 2
   gptjax inspect attention runs/shakespeare_char_cpu --prompt "To be, or not" --out attention.png
   gptjax inspect embeddings runs/shakespeare_char_cpu --analogy A a b
-  gptjax inspect lens runs/shakespeare_char_cpu --prompt "ROMEO:" --out lens.png"""
+  gptjax inspect lens runs/shakespeare_char_cpu --prompt "ROMEO:" --out lens.png"""  # commands.EPILOG follows
 
 
 class InspectError(errors.UserError):
@@ -194,17 +194,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="gptjax inspect", description=__doc__.splitlines()[0], epilog=EPILOG,
+    from gptjax.look import commands  # the deeper commands live there; they import this module
+    p = Parser(prog="gptjax inspect", description=__doc__.splitlines()[0], epilog=EPILOG + commands.EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, run_dir: bool = True):
+    def command(name: str, help: str, func=None, run_dir: bool = True):
         c = sub.add_parser(name, help=help, description=help)
         if run_dir:
             c.add_argument("run_dir", help="a run directory written by train.py")
             c.add_argument("--step", default="latest", help="checkpoint: latest, best, or a step number")
         c.add_argument("--debug", action="store_true", help="show full tracebacks")
-        c.set_defaults(func=globals()[f"cmd_{name}"])
+        c.set_defaults(func=func or globals()[f"cmd_{name}"])
         return c
 
     c = command("params", "every weight group with its shape, count and share; totals per layer and overall",
@@ -230,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
     c = command("lens", "logit lens: the top next token at each position after each layer")
     c.add_argument("--prompt", required=True, help="the text to read")
     c.add_argument("--out", help="also draw the table as a PNG here")
+    commands.add_commands(command)
     return p
 
 

@@ -99,12 +99,17 @@ def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params) -> dict[str
         tokens = ds.split(split)
         losses = []
         for i in range(cfg.train.eval_batches):
-            starts = data.window_starts(len(tokens), seed=cfg.train.seed, step=i, stream=data.EVAL_STREAM,
-                                        batch_size=cfg.train.micro_batch_size, n_ctx=cfg.model.n_ctx)[rows]
-            x, y = data.gather(tokens, starts, cfg.model.n_ctx)
+            x, y = eval_batch(cfg, tokens, i, rows)
             losses.append(eval_step(params, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)))
         out[f"{split}_loss"] = float(jnp.mean(jnp.stack(losses)))
     return out
+
+
+def eval_batch(cfg: Config, tokens, i: int, rows=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation batch i of a split (this process's `rows`): fixed windows, the same at every evaluation."""
+    starts = data.window_starts(len(tokens), seed=cfg.train.seed, step=i, stream=data.EVAL_STREAM,
+                                batch_size=cfg.train.micro_batch_size, n_ctx=cfg.model.n_ctx)[rows]
+    return data.gather(tokens, starts, cfg.model.n_ctx)
 
 
 def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
