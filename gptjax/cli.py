@@ -14,10 +14,26 @@ Re-running the same command resumes from the run directory's latest checkpoint.
 """
 
 
+def _help_epilog(argv: list[str]) -> str:
+    """The key list for --help; after a config (and overrides), with the values that config resolves to."""
+    from gptjax import config
+
+    words = [a for a in argv if not a.startswith("-")]
+    if not {"-h", "--help"} & set(argv) or not words:
+        return config.help_text()
+    name, overrides = (None, words) if "=" in words[0] else (words[0], words[1:])
+    return config.help_text(config.load(name, overrides), name or config.DEFAULT_CONFIG)
+
+
 def train(argv: list[str]) -> int:
     from gptjax import config
 
-    parser = errors.ArgumentParser(prog="train.py", description=TRAIN_DOC, epilog=config.help_text(),
+    try:
+        epilog = _help_epilog(argv)
+    except errors.UserError as e:  # a bad config named beside --help: say so, as a run would
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser = errors.ArgumentParser(prog="train.py", description=TRAIN_DOC, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help=f"config file or preset name (default: {config.DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings, e.g. model.n_layer=4")
