@@ -74,24 +74,22 @@ def sample(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def run():
-        from gptjax import sampling
+        from gptjax import api, sampling
         from gptjax.train import runs
 
         # Flags and prompt are checked against the run's tokenizer before any weights load.
         _, tok = runs.read_files(args.run_dir)
-        sampling.check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
-                               vocab_size=tok.vocab_size)
-        prompt = tok.encode(args.prompt) if args.prompt else tok.bos_ids
-        run = runs.load(args.run_dir, args.step)
-        samples = sampling.generate(
-            run.graphdef, run.params, run.cfg.model, prompt, max_new_tokens=args.max_new_tokens,
-            num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            seed=args.seed, vocab_size=tok.vocab_size, stop_id=tok.eot_id, window=args.window)
-        for i, new in enumerate(samples):
+        options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       max_new_tokens=args.max_new_tokens, num_samples=args.num_samples)
+        sampling.check_options(**options, vocab_size=tok.vocab_size)
+        if args.prompt:
+            tok.encode(args.prompt)
+        samples = api.sample(runs.load(args.run_dir, args.step), args.prompt, **options, seed=args.seed,
+                             window=args.window)
+        for i, text in enumerate(samples):
             if i:
                 print("-" * 40)
-            print(args.prompt + tok.decode(new))
+            print(args.prompt + text)
 
     return errors.run_cli(run, debug=args.debug)
 

@@ -1,12 +1,16 @@
 """What a new user trips on (issue 19): decay over the run's own steps, one meaning per metrics key, --help."""
 
 import json
+import logging
+import re
+import subprocess
+import sys
 
 import pytest
 
 from gptjax import cli, config
 from gptjax.train import optim, trainer
-from tests.conftest import run_main
+from tests.conftest import ROOT, run_main
 
 # The CPU preset as a user shortens it, on a model small enough to train in seconds.
 SHORT = ["train.steps=150", "train.eval_every=150", "train.log_every=50", "train.eval_batches=2",
@@ -46,3 +50,38 @@ def test_help_after_a_config_shows_its_resolved_values():
     assert "5000" in lines["train.steps"] and "-> 150" in lines["train.steps"]  # the default and this run's value
     assert "-> 128" in lines["model.n_embd"] and "->" not in lines["train.lr"]  # the preset keeps lr's default
     assert "->" not in run_main(cli.train, ["--help"]).stdout.split("config keys")[1]
+
+
+def test_inspect_attention_without_out_writes_into_the_run_not_the_cwd(short_run, tmp_path, monkeypatch):
+    from gptjax.look import cli as inspect
+
+    cfg, _ = short_run
+    monkeypatch.chdir(tmp_path)
+    result = run_main(inspect.main, ["attention", cfg.run.out_dir, "--prompt", "ROMEO:"])
+    assert result.returncode == 0, result.stderr
+    png = f"{cfg.run.out_dir}/attention.png"
+    assert result.stdout.startswith(f"wrote {png}:") and list(tmp_path.iterdir()) == []
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def readme_python_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys, caplog):
+    code = readme_python_block()
+    assert '"shakespeare_char_cpu", "train.steps=500"' in code  # the lines swapped below for a seconds-long run
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('"shakespeare_char_cpu", "train.steps=500"', '"tiny"'), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert any(re.fullmatch(r"step 20: val loss \d\.\d{4}", line) for line in out), out
+    assert sum(line.startswith("ROMEO:") for line in out) >= 2 and (tmp_path / "runs/notebook/metrics.jsonl").is_file()
+    assert not [r for r in caplog.records if r.name.startswith("absl") and r.levelno >= logging.WARNING]
+
+
+def test_import_gptjax_loads_no_jax():
+    code = "import sys, gptjax; assert callable(gptjax.load_config); print(sorted(m for m in sys.modules if m in "
+    code += "('jax', 'flax', 'orbax', 'omegaconf', 'tiktoken')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
