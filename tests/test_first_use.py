@@ -42,6 +42,8 @@ def test_step_zero_row_keys_mean_what_they_mean_on_every_other_row(short_run):
     assert {"eval_train_loss", "val_loss"} <= first.keys() and "train_loss" not in first  # nothing trained yet
     assert "tokens_per_sec" not in first  # no tokens were trained on
     assert {"eval_train_loss", "val_loss", "train_loss", "lr", "tokens_per_sec"} <= last.keys()
+    # Evaluations are timed apart (minutes at GPT-2's vocabulary on a CPU), and only on eval rows.
+    assert first["eval_s"] > 0 and last["eval_s"] > 0 and "eval_s" not in rows[1]
 
 
 def test_help_after_a_config_shows_its_resolved_values():

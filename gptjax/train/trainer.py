@@ -249,9 +249,16 @@ class Loop:
         return row
 
     def eval_losses(self, state: TrainState) -> dict[str, float]:
-        """eval_train_loss and val_loss: `train_loss` is the step's own training loss, not an evaluation."""
+        """eval_train_loss and val_loss (`train_loss` is the step's own training loss), and eval_s.
+
+        The clock restarts after it, so tokens_per_sec counts training alone: at a large vocabulary
+        an evaluation can take longer than the steps between two of them.
+        """
+        start = time.perf_counter()
         losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params)
-        return {k.replace("train_loss", "eval_train_loss"): v for k, v in losses.items()}
+        self.clock.restart()
+        return {**{k.replace("train_loss", "eval_train_loss"): v for k, v in losses.items()},
+                "eval_s": time.perf_counter() - start}
 
     def eval_row(self, state: TrainState, step: int) -> dict[str, float]:
         row = self.eval_losses(state)
