@@ -122,27 +122,36 @@ def bench_sample(cfg, new_tokens: int, num_samples: int) -> list[dict]:
             run()
             first = time.perf_counter() - t
             ms = median_ms(run, 3)
-            r = row(cfg, f"sample_{label}_{mode}", ms, max(first - ms / 1e3, 0.0), tokens=n * num_samples)
-            out.append(r | {"new_tokens": n, "num_samples": num_samples})
+            out.append(sample_row(cfg, f"sample_{label}_{mode}", ms, max(first - ms / 1e3, 0.0),
+                                  new_tokens=n, num_samples=num_samples))
     out.append({"measurement": "sample_compilations", "count": sampling._generate._cache_size()})  # noqa: SLF001
     return out
 
 
 def row(cfg, name: str, ms: float, compile_s: float, *, tokens: int, flops_per_token: int | None = None,
         devices: int = 1) -> dict:
-    """One measurement; `devices` is how many the step ran on (the sampler uses one)."""
-    device = jax.devices()[0]
+    """One train or eval step measurement; `devices` is how many the step ran on."""
+    peak = peak_flops(jax.devices()[0])
     tokens_per_sec = tokens / (ms / 1e3)
-    peak = peak_flops(device)
-    mfu = None
-    if peak and flops_per_token:
-        mfu = round(tokens_per_sec * flops_per_token / (peak * devices), 4)
-    return {"measurement": name, "device": device.device_kind, "devices": devices,
+    mfu = round(tokens_per_sec * flops_per_token / (peak * devices), 4) if peak and flops_per_token else None
+    return _common(cfg, name, tokens_per_sec, compile_s, devices) | {
+        "batch_size": cfg.train.batch_size, "ms_per_step": round(ms, 3), "mfu": mfu,
+        "flops_per_token": flops_per_token}
+
+
+def sample_row(cfg, name: str, ms: float, compile_s: float, *, new_tokens: int, num_samples: int) -> dict:
+    """One sampler measurement: a call generates num_samples samples of new_tokens each, side by side,
+    so ms_per_token is one decoding step of all of them."""
+    return _common(cfg, name, new_tokens * num_samples / (ms / 1e3), compile_s, devices=1) | {
+        "num_samples": num_samples, "new_tokens": new_tokens, "ms_per_call": round(ms, 3),
+        "ms_per_token": round(ms / new_tokens, 4)}
+
+
+def _common(cfg, name: str, tokens_per_sec: float, compile_s: float, devices: int) -> dict:
+    return {"measurement": name, "device": jax.devices()[0].device_kind, "devices": devices,
             "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "n_embd": cfg.model.n_embd,
-            "n_ctx": cfg.model.n_ctx, "batch_size": cfg.train.batch_size, "ms_per_step": round(ms, 3),
-            "tokens_per_sec": round(tokens_per_sec, 1), "compile_s": round(compile_s, 3), "mfu": mfu,
-            "flops_per_token": flops_per_token, "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1),
-            "jax": jax.__version__}
+            "n_ctx": cfg.model.n_ctx, "tokens_per_sec": round(tokens_per_sec, 1), "compile_s": round(compile_s, 3),
+            "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "jax": jax.__version__}
 
 
 def main(argv: list[str]) -> int:
@@ -152,7 +161,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=50, help="timed steps for the train and eval medians")
     parser.add_argument("--only", default="train,eval,sample", help="comma-separated: train, eval, sample")
     parser.add_argument("--sample-tokens", type=int, default=500, help="new tokens for the past-window sampler run")
-    parser.add_argument("--num-samples", type=int, default=1, help="sampler batch size")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples generated side by side per call")
     args = parser.parse_args(argv)
     if args.config and "=" in args.config:
         args.overrides, args.config = [args.config, *args.overrides], None

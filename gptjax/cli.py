@@ -14,10 +14,26 @@ Re-running the same command resumes from the run directory's latest checkpoint.
 """
 
 
+def _help_epilog(argv: list[str]) -> str:
+    """The key list for --help; after a config (and overrides), with the values that config resolves to."""
+    from gptjax import config
+
+    words = [a for a in argv if not a.startswith("-")]
+    if not {"-h", "--help"} & set(argv) or not words:
+        return config.help_text()
+    name, overrides = (None, words) if "=" in words[0] else (words[0], words[1:])
+    return config.help_text(config.load(name, overrides), name or config.DEFAULT_CONFIG)
+
+
 def train(argv: list[str]) -> int:
     from gptjax import config
 
-    parser = errors.ArgumentParser(prog="train.py", description=TRAIN_DOC, epilog=config.help_text(),
+    try:
+        epilog = _help_epilog(argv)
+    except errors.UserError as e:  # a bad config named beside --help: say so, as a run would
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser = errors.ArgumentParser(prog="train.py", description=TRAIN_DOC, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help=f"config file or preset name (default: {config.DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings, e.g. model.n_layer=4")
@@ -58,24 +74,22 @@ def sample(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def run():
-        from gptjax import sampling
+        from gptjax import api, sampling
         from gptjax.train import runs
 
         # Flags and prompt are checked against the run's tokenizer before any weights load.
         _, tok = runs.read_files(args.run_dir)
-        sampling.check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
-                               vocab_size=tok.vocab_size)
-        prompt = tok.encode(args.prompt) if args.prompt else tok.bos_ids
-        run = runs.load(args.run_dir, args.step)
-        samples = sampling.generate(
-            run.graphdef, run.params, run.cfg.model, prompt, max_new_tokens=args.max_new_tokens,
-            num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            seed=args.seed, vocab_size=tok.vocab_size, stop_id=tok.eot_id, window=args.window)
-        for i, new in enumerate(samples):
+        options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       max_new_tokens=args.max_new_tokens, num_samples=args.num_samples)
+        sampling.check_options(**options, vocab_size=tok.vocab_size)
+        if args.prompt:
+            tok.encode(args.prompt)
+        samples = api.sample(runs.load(args.run_dir, args.step), args.prompt, **options, seed=args.seed,
+                             window=args.window)
+        for i, text in enumerate(samples):
             if i:
                 print("-" * 40)
-            print(args.prompt + tok.decode(new))
+            print(args.prompt + text)
 
     return errors.run_cli(run, debug=args.debug)
 

@@ -321,8 +321,14 @@ def load(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
-def help_text() -> str:
+def help_text(cfg: Config | None = None, name: str = "") -> str:
+    """Every key with its default and meaning; given a loaded config, its value too, where it differs."""
     lines = ["config keys (set in the YAML file or as section.key=value):"]
+    if cfg is not None:
+        lines.append(f"  ({name or 'the config'}'s own value is shown after '->' where it differs from the default)")
     for key, f in all_keys().items():
-        lines.append(f"  {key:<24} {f.default!s:<12} {f.metadata['help']}")
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf) if cfg is not None else f.default
+        chosen = f" -> {value!s}" if value != f.default else ""
+        lines.append(f"  {key:<24} {f.default!s:<12}{chosen} {f.metadata['help']}")
     return "\n".join(lines)

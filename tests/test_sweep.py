@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gptjax import config
-from gptjax.ablate import grid, plots, stats, sweep
+from gptjax.ablate import grid, plots, report, stats, sweep
 from gptjax.train import trainer
 from gptjax.train.checkpoint import Checkpoints
 from gptjax.train.tracking import read_metrics
@@ -109,6 +109,18 @@ def test_plots_open_and_have_the_expected_size(swept):
         assert image.shape[:2] == size[::-1] and image.std() > 0.05  # decoded, and not a blank canvas
 
 
+def test_curves_title_stays_clear_of_the_legend(swept):
+    out, *_ = swept
+    runs = [r for r in map(report.read_run, report.find_runs([out])) if r is not None]
+    fig = plots.curves_figure(report.group(runs, ["model.n_head", "model.n_layer"])[0])
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)  # the layout engine places title and legend at draw time
+    title, legend = (a.get_window_extent(renderer) for a in (fig.axes[0].title, fig.legends[0]))
+    assert "mean of 2 seeds" in fig.axes[0].get_title()  # the long title: several seeds and a zoomed y axis
+    assert title.x1 < legend.x0 and title.x0 >= 0 and title.y1 <= fig.bbox.y1
+    plots.plt.close(fig)
+
+
 def test_welch_verdict_in_markdown(swept):
     out, *_ = swept
     text = (out / "results.md").read_text()
@@ -135,6 +147,9 @@ def test_report_on_a_list_of_run_directories(swept, tmp_path):
     assert sorted(r["point"] for r in rows) == ["n_layer=1", "n_layer=2"]
     assert all(r["seeds"] == "2" for r in rows) and "model.n_head" not in rows[0]  # only what differs
     assert not (tmp_path / "heatmap.png").exists()  # one axis: no heatmap
+    lines = result.stdout.splitlines()  # and none reported: the notice says why, before the table
+    assert lines[0] == "no heatmap.png: it plots two swept axes and these runs differ in 1 swept axis"
+    assert lines[-1] == f"report written to {tmp_path}: results.csv, results.md, curves.png"
     result = run_main(sweep.main, ["report", *map(str, runs)])
     assert result.returncode == 2
     assert result.stderr.strip() == "error: several directories given: say where the report goes with --out DIR"

@@ -23,6 +23,12 @@ def _figure(size: tuple[int, int]):
 
 def curves(points, path: Path) -> None:
     """One line per point (mean over seeds) with a band from the lowest to the highest seed; best first."""
+    fig = curves_figure(points)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def curves_figure(points):
     fig = _figure(CURVES_SIZE)
     ax = fig.add_subplot()
     for i, point in enumerate(points):
@@ -37,12 +43,12 @@ def curves(points, path: Path) -> None:
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("val loss")
     seeds = max(len(p.runs) for p in points)
-    ax.set_title("val loss" + (f", mean of {seeds} seeds (band: lowest to highest)" if seeds > 1 else "")
-                 + ("; y axis from the first quarter of training on" if zoomed else ""))
+    # One short line each: a single long title line runs past the axes into the legend beside them.
+    ax.set_title("\n".join(["val loss", *([f"mean of {seeds} seeds, band: lowest to highest"] if seeds > 1 else []),
+                            *(["y axis from the first quarter of training on"] if zoomed else [])]))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize="small", title="point (best val loss)")
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    return fig
 
 
 def _by_tokens(point):

@@ -73,6 +73,11 @@ class Report:
     skipped: list[tuple[str, str]]     # (point, reason) for invalid or not yet trained points
     significance: str
     summary: str
+    files: list[str] = dataclasses.field(default_factory=list)  # what write() wrote, in order
+    notices: list[str] = dataclasses.field(default_factory=list)  # what it left out, and why
+
+    def written(self, out: Path) -> str:
+        return f"report written to {out}: {', '.join(self.files)}"
 
 
 # ---------------------------------------------------------------------------
@@ -151,8 +156,13 @@ def write(paths: list[Path], out: Path) -> Report:
     write_csv(report, out / "results.csv")
     (out / "results.md").write_text(report.summary)
     plots.curves(points, out / "curves.png")
+    report.files = ["results.csv", "results.md", "curves.png"]
     axes = list(plan["axes"]) if plan.get("axes") else columns
-    plots.heatmap(points, axes, plan.get("points", []), out / "heatmap.png")
+    if plots.heatmap(points, axes, plan.get("points", []), out / "heatmap.png"):
+        report.files.append("heatmap.png")
+    else:
+        swept = f"{len(axes)} swept axis" + ("" if len(axes) == 1 else "es")
+        report.notices.append(f"no heatmap.png: it plots two swept axes and these runs differ in {swept}")
     return report
 
 

@@ -57,9 +57,16 @@ def report_main(argv: list[str]) -> int:
         if args.out is None and len(args.paths) > 1:
             raise UserError("several directories given: say where the report goes with --out DIR")
         out = Path(args.out or args.paths[0])
-        print(report.write([Path(p) for p in args.paths], out).summary)
-        print(f"report written to {out}: results.csv, results.md, curves.png, heatmap.png")
+        show(report.write([Path(p) for p in args.paths], out), out)
     return errors.run_cli(make, debug=args.debug)
+
+
+def show(report, out: Path) -> None:
+    """Notices first, so the report's table ends the output, then the files actually written."""
+    for notice in report.notices:
+        print(notice, flush=True)
+    print(report.summary)
+    print(report.written(out), flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -87,9 +94,7 @@ def run(spec: grid.Spec, command: str = "") -> None:
         failed = train_all(jobs)
     from gptjax.ablate import report  # after training: plotting libraries are not needed before
 
-    result = report.write([sweep_dir], sweep_dir)
-    print(result.summary)
-    print(f"report written to {sweep_dir}: results.csv, results.md, curves.png, heatmap.png")
+    show(report.write([sweep_dir], sweep_dir), sweep_dir)
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: " + "; ".join(failed))
 

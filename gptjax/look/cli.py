@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -105,15 +106,16 @@ def cmd_next(args) -> None:
 def cmd_attention(args) -> None:
     from gptjax.look import analysis, render
 
-    render.check_out(args.out)
+    out = args.out or str(Path(args.run_dir) / "attention.png")  # beside the run it shows, not in the cwd
+    render.check_out(out)
     run, model = load_run(args)
     layers = check_range("--layer", args.layer, run.cfg.model.n_layer, "layers")
     heads = check_range("--head", args.head, run.cfg.model.n_head, "heads")
     ids = encode_prompt(run, args.prompt)
     attn_lhts = analysis.attention_maps(model, ids)
     tokens = [run.tokenizer.decode([i]) for i in ids]
-    render.attention_png(attn_lhts, tokens, layers, heads, args.out)
-    print(f"wrote {args.out}: attention over {len(ids)} tokens, "
+    render.attention_png(attn_lhts, tokens, layers, heads, out)
+    print(f"wrote {out}: attention over {len(ids)} tokens, "
           f"{fmt_list('layer', layers)} x {fmt_list('head', heads)} "
           f"(rows: queries, columns: the keys they attend to)")
 
@@ -223,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt", required=True, help="the text whose attention to draw")
     c.add_argument("--layer", type=int, help="only this layer (0-based; default: all)")
     c.add_argument("--head", type=int, help="only this head (0-based; default: all)")
-    c.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
+    c.add_argument("--out", help="PNG to write (default: RUN_DIR/attention.png)")
     c = command("embeddings", "nearest tokens by cosine similarity in the token embedding W_E")
     c.add_argument("--nearest", metavar="TOKEN", help="the tokens nearest to TOKEN")
     c.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"), help="the tokens nearest to A - B + C")

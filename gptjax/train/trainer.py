@@ -207,8 +207,8 @@ class Loop:
 
     def run(self, state: TrainState, start: int) -> dict:
         t, last = self.cfg.train, {}
-        if start == 0:
-            last = {"step": 0, **self.evaluate(state)}
+        if start == 0:  # the untrained model's losses, keyed as on every eval step: nothing is trained yet
+            last = {"step": 0, "lr": float(optim.schedule(t)(0)), **self.eval_losses(state)}
             self.tracker.log(0, last)
         elif start >= t.steps:
             self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
@@ -244,11 +244,20 @@ class Loop:
         self.tracker.log(step, row)
         return row
 
-    def evaluate(self, state: TrainState) -> dict[str, float]:
-        return evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params)
+    def eval_losses(self, state: TrainState) -> dict[str, float]:
+        """eval_train_loss and val_loss (`train_loss` is the step's own training loss), and eval_s.
+
+        The clock restarts after it, so tokens_per_sec counts training alone: at a large vocabulary
+        an evaluation can take longer than the steps between two of them.
+        """
+        start = time.perf_counter()
+        losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params)
+        self.clock.restart()
+        return {**{k.replace("train_loss", "eval_train_loss"): v for k, v in losses.items()},
+                "eval_s": time.perf_counter() - start}
 
     def eval_row(self, state: TrainState, step: int) -> dict[str, float]:
-        row = {k.replace("train_loss", "eval_train_loss"): v for k, v in self.evaluate(state).items()}
+        row = self.eval_losses(state)
         self.tracker.message(f"step {step}: train loss {row['eval_train_loss']:.4f}, val loss {row['val_loss']:.4f}")
         return row
 
