@@ -15,7 +15,7 @@ from PIL import Image
 
 from gptjax import config
 from gptjax.data.tokenizer import CharTokenizer
-from gptjax.look import analysis, render
+from gptjax.look import analysis, render, views
 from gptjax.look import cli as inspect
 from gptjax.model import GPT, abstract_model, count_params
 from gptjax.train import optim
@@ -64,7 +64,7 @@ IDS = [3, 1, 4, 1, 5, 7, 2, 6, 5, 3]
 def preset_groups(name: str):
     """A preset's model config (n_vocab resolved as the CLI does) and parameter groups, with the
     real count of its abstract model: shapes only, so gpt3 allocates nothing (but takes seconds)."""
-    cfg, _ = inspect.model_config(argparse.Namespace(config=name, targets=[]))
+    cfg, _ = views.model_config(argparse.Namespace(config=name, targets=[]))
     abstract = abstract_model(cfg)
     return cfg, analysis.param_groups(abstract), count_params(abstract)
 

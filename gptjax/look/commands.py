@@ -6,7 +6,7 @@ commands, so `--help` stays instant.
 
 from __future__ import annotations
 
-from gptjax.look.cli import InspectError, encode_prompt, load_run
+from gptjax.look.views import InspectError, encode_prompt, load_run
 
 EPILOG = """
   gptjax inspect heads runs/shakespeare_char_cpu --ablation mean --out heads.png
