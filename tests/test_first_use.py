@@ -39,7 +39,10 @@ def test_step_zero_row_keys_mean_what_they_mean_on_every_other_row(short_run):
     _, rows = short_run
     first, last = rows[0], rows[-1]
     assert first["step"] == 0 and first["lr"] == 0.0  # warmup starts from 0
-    assert {"eval_train_loss", "val_loss"} <= first.keys() and "train_loss" not in first  # nothing trained yet
+    assert {"eval_train_loss", "val_loss", "train_loss"} <= first.keys()
+    # train_loss is a training batch's loss before its update on every row; at step 0 that is one batch of
+    # the training split at the initial parameters, so it sits beside the eval batches' mean on that split.
+    assert abs(first["train_loss"] - first["eval_train_loss"]) < 0.1
     assert "tokens_per_sec" not in first  # no tokens were trained on
     assert {"eval_train_loss", "val_loss", "train_loss", "lr", "tokens_per_sec"} <= last.keys()
     # Evaluations are timed apart (minutes at GPT-2's vocabulary on a CPU), and only on eval rows.

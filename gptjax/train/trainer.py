@@ -207,8 +207,9 @@ class Loop:
 
     def run(self, state: TrainState, start: int) -> dict:
         t, last = self.cfg.train, {}
-        if start == 0:  # the untrained model's losses, keyed as on every eval step: nothing is trained yet
-            last = {"step": 0, "lr": float(optim.schedule(t)(0)), **self.eval_losses(state)}
+        if start == 0:  # the untrained model, keyed as on every eval step
+            last = {"step": 0, "train_loss": self.first_batch_loss(state), "lr": float(optim.schedule(t)(0)),
+                    **self.eval_losses(state)}
             self.tracker.log(0, last)
         elif start >= t.steps:
             self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
@@ -243,6 +244,13 @@ class Loop:
         self.skipped = 0
         self.tracker.log(step, row)
         return row
+
+    def first_batch_loss(self, state: TrainState) -> float:
+        """Step 0's train_loss: step 0's batch at the initial parameters, as every row's is its batch's before
+        the update (the contract keeps train_loss on every row; without dropout, as at evaluation)."""
+        x_abt, y_abt = train_batch(self.cfg, self.ds, 0, self.mesh)
+        return float(jnp.mean(jnp.stack([self.pieces.eval_step(state.params, x_bt, y_bt)
+                                         for x_bt, y_bt in zip(x_abt, y_abt)])))
 
     def eval_losses(self, state: TrainState) -> dict[str, float]:
         """eval_train_loss and val_loss (`train_loss` is the step's own training loss), and eval_s.
