@@ -18,6 +18,14 @@ class UserError(ValueError):
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
 
 
+class Interrupted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT); the message says what was saved and how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def run_cli(main: Callable[[], None], debug: bool = False) -> int:
     """Run an entry point: user errors become one line on stderr and exit code 2."""
     # orbax logs routine notices through absl at WARNING; a user only needs errors.
@@ -32,8 +40,11 @@ def run_cli(main: Callable[[], None], debug: bool = False) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before training started, or in a command that saves nothing
+        print("interrupted; nothing new was saved", file=sys.stderr)
         return 130
 
 

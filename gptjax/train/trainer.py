@@ -24,8 +24,9 @@ from gptjax.errors import UserError
 from gptjax.model import GPT
 from gptjax.train import optim
 from gptjax.train.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
-from gptjax.train.runs import RunError, check_disk_space, check_run_dir, write_run_files  # noqa: F401 (trainer.RunError)
+from gptjax.train.runs import RunError, check_disk_space, check_memory, check_run_dir, lock, write_run_files  # noqa: F401
 from gptjax.train.step import TrainState, jit_eval_step, jit_train_step
+from gptjax.train.stopping import Interrupted, StopRequests
 from gptjax.train.tracking import Tracker
 
 
@@ -177,9 +178,11 @@ def train(cfg: Config) -> dict:
     cfg, ds, mesh = setup(cfg)
     if source:
         source.check_tokenizer(ds.tokenizer)
-    run_dir = check_run_dir(cfg)
+    run_dir = check_run_dir(cfg, ds)
+    check_memory(cfg, mesh)  # before build: a model too big to hold takes long to even trace
     pieces = build(cfg, mesh)
     check_disk_space(run_dir, state_bytes(pieces), cfg.run.keep_checkpoints)
+    held = lock(run_dir) if sharding.is_main_process() else None  # until this process ends
     existed = (run_dir / CHECKPOINT_DIR).is_dir()
     sharding.sync("run directory checked")  # every process looks before process 0 writes anything
     # Orbax saves and restores collectively: every process opens, restores and saves alike.
@@ -189,24 +192,34 @@ def train(cfg: Config) -> dict:
     if not resumed:  # a started run resumes, whatever train.init_from says
         state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
     if sharding.is_main_process():
-        write_run_files(run_dir, cfg, ds.tokenizer)
+        write_run_files(run_dir, cfg, ds.tokenizer, ds.meta.get("source_id"))
     ckpts = ckpts or Checkpoints(run_dir, cfg.run.keep_checkpoints)
     tracker = Tracker(run_dir, cfg, start, cfg.train.steps, resumed=resumed)
+    if resumed and start < cfg.train.steps:
+        tracker.message(f"resuming from step {start} of {cfg.train.steps}")
     try:
-        return Loop(cfg, ds, mesh, pieces, ckpts, tracker).run(state, start)
+        with StopRequests() as stop:
+            return Loop(cfg, ds, mesh, pieces, ckpts, tracker, stop).run(state, start)
     finally:
-        ckpts.close()
-        tracker.close()
+        try:
+            ckpts.close()
+        finally:
+            tracker.close()
+            if held:
+                held.close()
 
 
 class Loop:
     """Steps from a state to cfg.train.steps: log, evaluate, checkpoint, and act on non-finite steps."""
 
-    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker):
+    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker,
+                 stop: StopRequests | None = None):
         self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
+        self.stop = stop or StopRequests()
         self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag on device) not read yet
         self.rolled_back: set[int] = set()  # bad steps already retried once
         self.skipped = 0  # updates skipped since the last log line
+        self.skipped_in_a_row = 0
         self.clock = Clock()
 
     def run(self, state: TrainState, start: int) -> dict:
@@ -226,6 +239,8 @@ class Loop:
             self.clock.tick(state, first=step == start + 1)
             is_eval = step % t.eval_every == 0 or step == t.steps
             is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
+            if self.stop.signum is not None:
+                is_save = True
             if not (is_log or is_save):
                 continue
             state, back = self.check(state, step)
@@ -237,7 +252,18 @@ class Loop:
                 last = self.log(state, step, metrics, is_eval)
             if is_save:
                 save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
+            if self.stop.signum is not None:
+                self.interrupted(step)
+        if self.stop.signum is not None:  # the signal came after the last step: it is saved
+            self.interrupted(step)
         return last
+
+    def interrupted(self, step: int):
+        self.ckpts.manager.wait_until_finished()
+        newest = self.ckpts.latest_step()
+        where = (f"saved step {newest}; re-run the same command to resume from step {newest}" if newest
+                 else "nothing was saved; re-run the same command to start again")
+        raise Interrupted(where, self.stop.signum)
 
     def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
@@ -264,11 +290,19 @@ class Loop:
         flags = jax.device_get([flag for _, flag in self.pending])
         bad = [s for (s, _), ok in zip(self.pending, flags) if not ok]
         self.pending = []
+        self.skipped_in_a_row = _in_a_row(flags, self.skipped_in_a_row)
         if not bad:
             return state, None
         mode = self.cfg.train.on_nonfinite
         what = f"non-finite loss or gradients at step {bad[0]}" + (
             f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "")
+        if mode == "skip" and self.skipped_in_a_row > self.cfg.train.max_skips:
+            self.ckpts.manager.wait_until_finished()
+            newest = self.ckpts.latest_step()
+            kept = f"the newest checkpoint is step {newest}" if newest else "no checkpoint was saved"
+            raise TrainingError(f"{self.skipped_in_a_row} updates in a row skipped up to step {bad[-1]} "
+                                f"(train.max_skips={self.cfg.train.max_skips}); training stopped and {kept}; "
+                                f"lower train.lr or raise train.warmup_steps")
         if mode == "skip":  # the jitted step already kept the old state for these steps
             self.skipped += len(bad)
             plural = "s" if len(bad) > 1 else ""
@@ -286,6 +320,14 @@ class Loop:
         kept = f"the newest checkpoint is step {newest}, from before it" if newest else "no checkpoint was saved"
         raise TrainingError(f"{what}{again}; training stopped and {kept}; lower train.lr, raise "
                             f"train.warmup_steps, or set train.on_nonfinite=skip")
+
+
+def _in_a_row(flags: list, before: int) -> int:
+    """Non-finite steps at the end of `flags` (continuing `before` if all of them are)."""
+    run = before
+    for ok in flags:
+        run = 0 if ok else run + 1
+    return run
 
 
 class Clock:
