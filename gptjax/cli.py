@@ -58,14 +58,18 @@ def sample(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def run():
+        import jax
+
         from gptjax import sampling
         from gptjax.train import runs
 
         # Flags and prompt are checked against the run's tokenizer before any weights load.
-        _, tok = runs.read_files(args.run_dir)
+        cfg, tok = runs.read_files(args.run_dir)
         sampling.check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
                                vocab_size=tok.vocab_size)
+        sampling.check_memory(cfg.model, args.num_samples, args.max_new_tokens,
+                              *runs.device_memory(jax.devices()[0]))
         prompt = tok.encode(args.prompt) if args.prompt else tok.bos_ids
         run = runs.load(args.run_dir, args.step)
         samples = sampling.generate(

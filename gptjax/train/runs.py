@@ -29,8 +29,8 @@ TOKENIZER_FILE = "tokenizer.json"
 INPUTS_FILE = "inputs.json"  # what the run trains on: the data's identity and the tokenizer's
 LOCK_FILE = ".lock"
 # What a run directory may hold before its config.yaml is written (a run killed while starting).
-RUN_FILES = {CONFIG_FILE, TOKENIZER_FILE, INPUTS_FILE, LOCK_FILE, CHECKPOINT_DIR, DAMAGED_DIR, "metrics.jsonl",
-             "metrics.tmp", "wandb", "wandb_id", f".{CONFIG_FILE}.tmp", f".{TOKENIZER_FILE}.tmp", f".{INPUTS_FILE}.tmp"}
+_NAMES = {CONFIG_FILE, TOKENIZER_FILE, INPUTS_FILE, "metrics.jsonl", "wandb_id", "wall_time.json"}
+RUN_FILES = {*_NAMES, *(f".{n}.tmp" for n in _NAMES), "metrics.tmp", LOCK_FILE, CHECKPOINT_DIR, DAMAGED_DIR, "wandb"}
 
 
 class RunError(UserError):
@@ -197,7 +197,9 @@ class Run:
 
 def _read_config_tree(run_dir: Path) -> dict:
     try:
-        tree = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        tree = config_lib.bounded_yaml(run_dir / CONFIG_FILE)
+    except config_lib.ConfigError as e:
+        raise RunError(f"{run_dir / CONFIG_FILE} is damaged: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RunError(f"{run_dir / CONFIG_FILE} is damaged ({str(e).splitlines()[0]}); "
                        f"restore it or use another run.out_dir") from None
@@ -209,7 +211,19 @@ def _read_config_tree(run_dir: Path) -> dict:
 def read_files(run_dir: str | Path) -> tuple[config_lib.Config, object]:
     """The run's config and tokenizer: cheap, so a sampler can check its flags before loading weights."""
     run_dir = Path(run_dir)
-    return load_config(run_dir), tokenizers.load(run_dir / TOKENIZER_FILE)
+    cfg, tok = load_config(run_dir), tokenizers.load(run_dir / TOKENIZER_FILE)
+    try:
+        was = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run from before inputs.json, or converted: only the size can tell
+        was = {}
+    trained = was.get("vocab_size") if isinstance(was, dict) else None
+    if tok.vocab_size > (cfg.model.n_vocab or 0) or trained not in (None, tok.vocab_size):
+        raise RunError(f"{run_dir / TOKENIZER_FILE} has a vocabulary of {tok.vocab_size}, but the run was trained "
+                       f"with {trained or f'at most {cfg.model.n_vocab}'}; put back the run's own {TOKENIZER_FILE}")
+    if isinstance(was, dict) and was.get("tokenizer_sha256") not in (None, inputs(None, tok)["tokenizer_sha256"]):
+        raise RunError(f"{run_dir / TOKENIZER_FILE} is not the tokenizer the run was trained with; "
+                       f"put back the run's own {TOKENIZER_FILE}")
+    return cfg, tok
 
 
 def load(run_dir: str | Path, step: int | str | None = None) -> Run:

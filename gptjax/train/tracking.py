@@ -41,7 +41,12 @@ class Tracker:
         if cfg.run.wandb != "off":
             import wandb
 
-            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb, config=cfg.to_dict(),
+            mode = cfg.run.wandb
+            if mode == "online" and not has_wandb_key():  # wandb.init would wait on the network, then fail
+                self.message(f"warning: run.wandb=online but no wandb API key is set (WANDB_API_KEY or `wandb "
+                             f"login`); logging offline in {run_dir}/wandb instead (upload it with `wandb sync`)")
+                mode = "offline"
+            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=mode, config=cfg.to_dict(),
                                     group=cfg.run.wandb_group or None, dir=str(run_dir), name=_wandb_name(run_dir, cfg),
                                     id=_wandb_id(run_dir), resume="allow")
 
@@ -89,6 +94,20 @@ class Tracker:
             self.bar.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def has_wandb_key() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` puts it), read without the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _plain(v):
