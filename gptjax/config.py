@@ -17,6 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from gptjax import yaml_io
 from gptjax.errors import UserError
 
 # Presets ship inside the package; a configs/ folder in the working directory (the repo's, or a
@@ -249,39 +250,9 @@ def _one_line(err: OmegaConfBaseException) -> str:
     return f"bad config: {msg}"
 
 
-# A config sets a few dozen keys: anything far larger is a mistake or an attack (nested aliases
-# expand to billions of values when the tree is copied), refused before it is parsed or copied.
-MAX_YAML_BYTES = 64 * 1024
-MAX_YAML_VALUES = 10_000
-
-
-def _count_values(tree, limit: int) -> int:
-    """Values in the tree with every alias expanded, counting no further than past `limit`."""
-    count, stack = 0, [tree]
-    while stack and count <= limit:
-        node = stack.pop()
-        count += 1
-        stack.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
-    return count
-
-
-def bounded_yaml(path: Path):
-    """A YAML file's tree, read as data only and refused if oversized (ConfigError)."""
-    with open(path, "rb") as f:
-        text = f.read(MAX_YAML_BYTES + 1)
-    if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"config file {path} is over {MAX_YAML_BYTES // 1024} KiB; a config sets a few "
-                          f"dozen keys, give the right file")
-    tree = yaml.safe_load(text.decode("utf-8"))
-    if _count_values(tree, MAX_YAML_VALUES) > MAX_YAML_VALUES:
-        raise ConfigError(f"config file {path} holds over {MAX_YAML_VALUES} values (with its aliases expanded); "
-                          f"a config sets a few dozen keys, give the right file")
-    return tree
-
-
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = bounded_yaml(path)
+        raw = yaml_io.load(path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -32,6 +32,9 @@ def run_cli(main: Callable[[], None], debug: bool = False) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     if not debug:
         _hide_leftovers_of_failed_reads()
+        # orbax also logs each failed background write (a full disk: dozens of tracebacks); the
+        # failure itself reaches the caller and becomes one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         main()
         return 0

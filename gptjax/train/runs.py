@@ -18,7 +18,7 @@ import yaml
 from flax import nnx
 
 from gptjax import config as config_lib
-from gptjax import sharding
+from gptjax import sharding, yaml_io
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError
 from gptjax.model import GPT
@@ -197,8 +197,8 @@ class Run:
 
 def _read_config_tree(run_dir: Path) -> dict:
     try:
-        tree = config_lib.bounded_yaml(run_dir / CONFIG_FILE)
-    except config_lib.ConfigError as e:
+        tree = yaml_io.load(run_dir / CONFIG_FILE)
+    except yaml_io.YAMLBoundsError as e:
         raise RunError(f"{run_dir / CONFIG_FILE} is damaged: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RunError(f"{run_dir / CONFIG_FILE} is damaged ({str(e).splitlines()[0]}); "

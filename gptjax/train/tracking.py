@@ -6,6 +6,7 @@ import json
 import math
 import os
 import secrets
+import time
 from pathlib import Path
 
 import jax
@@ -108,6 +109,32 @@ def has_wandb_key() -> bool:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+class Clock:
+    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
+
+    def __init__(self):
+        self.restart()
+        self.compile_s = None
+
+    def restart(self) -> None:
+        self.since, self.steps = time.perf_counter(), 0
+
+    def tick(self, state, first: bool) -> None:
+        self.steps += 1
+        if first:
+            jax.block_until_ready(state)
+            self.compile_s = time.perf_counter() - self.since
+            self.restart()
+
+    def read(self, tokens_per_step: int) -> dict[str, float]:
+        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
+        if self.steps:
+            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
+        self.compile_s = None
+        self.restart()
+        return row
 
 
 def _plain(v):

@@ -9,9 +9,9 @@ and a checkpoint is only written after every step before it has been checked.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ from gptjax.train.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
 from gptjax.train.runs import RunError, check_disk_space, check_memory, check_run_dir, lock, write_run_files  # noqa: F401
 from gptjax.train.step import TrainState, jit_eval_step, jit_train_step
 from gptjax.train.stopping import Interrupted, StopRequests
-from gptjax.train.tracking import Tracker
+from gptjax.train.tracking import Clock, Tracker
 
 
 class TrainingError(UserError):
@@ -169,6 +169,16 @@ def _warn(text: str) -> None:
 
 def train(cfg: Config) -> dict:
     """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
+    try:
+        return _train(cfg)
+    except OSError as e:  # metrics.jsonl or wandb on a full disk (checkpoint writes say so themselves)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise RunError(f"cannot write in {cfg.run.out_dir}: {e.strerror}; the checkpoints already saved are intact: "
+                       f"free some space and re-run the same command to resume") from None
+
+
+def _train(cfg: Config) -> dict:
     source = None
     if cfg.train.init_from:
         from gptjax.interop import convert  # here, not at the top: convert reads runs through runs.py, which imports us
@@ -328,32 +338,6 @@ def _in_a_row(flags: list, before: int) -> int:
     for ok in flags:
         run = 0 if ok else run + 1
     return run
-
-
-class Clock:
-    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
-
-    def __init__(self):
-        self.restart()
-        self.compile_s = None
-
-    def restart(self) -> None:
-        self.since, self.steps = time.perf_counter(), 0
-
-    def tick(self, state: TrainState, first: bool) -> None:
-        self.steps += 1
-        if first:
-            jax.block_until_ready(state)
-            self.compile_s = time.perf_counter() - self.since
-            self.restart()
-
-    def read(self, tokens_per_step: int) -> dict[str, float]:
-        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
-        if self.steps:
-            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
-        self.compile_s = None
-        self.restart()
-        return row
 
 
 def save(ckpts: Checkpoints, cfg: Config, state: TrainState, step: int, row: dict) -> None:
