@@ -137,6 +137,7 @@ def test_wandb_online_without_a_key_logs_offline_at_once(tmp_path, monkeypatch, 
     (tmp_path / "netrc").write_text("")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'run'}", "run.wandb=online"])
+    (tmp_path / "run").mkdir()
     began = time.monotonic()
     Tracker(tmp_path / "run", cfg, 0, 10, resumed=False).close()
     assert time.monotonic() - began < 60  # wandb.init online with no network waits far longer

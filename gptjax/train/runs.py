@@ -50,6 +50,8 @@ def check_run_dir(cfg: config_lib.Config, ds=None) -> Path:
                        f"{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}); "
                        f"give an empty or new folder, or the out_dir of a run")
     if has_checkpoint(run_dir) and (run_dir / CONFIG_FILE).is_file():  # until then, nothing pins the run
+        if ds is not None:  # first: edited data also shows as another n_vocab, a less telling message
+            _check_inputs(run_dir, inputs(ds.meta.get("source_id"), ds.tokenizer), cfg.data.source)
         old, new = _read_config_tree(run_dir), cfg.to_dict()
         for section, keys in (("model", None), ("data", ("source", "tokenizer", "val_fraction", "text_field"))):
             for key in keys or new[section]:
@@ -57,8 +59,6 @@ def check_run_dir(cfg: config_lib.Config, ds=None) -> Path:
                     raise RunError(f"{run_dir} holds a run with {section}.{key}={old.get(section, {}).get(key)!r}, "
                                    f"but this config says {new[section][key]!r}; "
                                    f"use another run.out_dir to start a new run")
-        if ds is not None:
-            _check_inputs(run_dir, inputs(ds.meta.get("source_id"), ds.tokenizer), cfg.data.source)
     check_writable(run_dir)
     return run_dir
 
