@@ -75,6 +75,16 @@ def test_second_trainer_is_refused_and_sigterm_saves_then_resumes(tmp_path):
     assert [r["step"] for r in read_metrics(run)] == list(range(step + 2))
 
 
+def test_a_second_signal_exits_at_once():
+    script = ("import os, signal, time\nfrom gptjax.train.stopping import StopRequests\n"
+              "with StopRequests() as stop:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); assert stop.signum == signal.SIGTERM\n"
+              "    os.kill(os.getpid(), signal.SIGINT); time.sleep(10)\nprint('still running')")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGINT and "still running" not in result.stdout, result.stderr
+    assert "SIGINT again: exiting now" in result.stderr
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     disk = tmp_path / "disk"

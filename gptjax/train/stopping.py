@@ -16,13 +16,14 @@ class StopRequests:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, active: bool = True):
         self.signum: int | None = None
         self.previous: dict = {}
+        self.active = active
 
     def __enter__(self) -> StopRequests:
         # Handlers can only be set from the main thread; a run started in another thread keeps the defaults.
-        if threading.current_thread() is threading.main_thread():
+        if self.active and threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 

@@ -208,7 +208,9 @@ def _train(cfg: Config) -> dict:
     if resumed and start < cfg.train.steps:
         tracker.message(f"resuming from step {start} of {cfg.train.steps}")
     try:
-        with StopRequests() as stop:
+        # Several processes would each stop at the step their signal came, and their collective saves
+        # would never meet: there, a signal kills as before and the last checkpoint is where it resumes.
+        with StopRequests(active=jax.process_count() == 1) as stop:
             return Loop(cfg, ds, mesh, pieces, ckpts, tracker, stop).run(state, start)
     finally:
         try:
