@@ -40,9 +40,11 @@ def check_options(*, temperature: float, top_k: int | None, top_p: float, max_ne
 
 
 def memory_needed(cfg: ModelConfig, num_samples: int, max_new_tokens: int) -> int:
-    """Bytes generate() holds, roughly: float32 weights, and per sample its KV cache, token buffer and logits."""
+    """Bytes generate() holds, roughly: float32 weights, and per sample its KV cache, token buffer, logits and
+    the prompt's forward pass (per layer and position ~16 D floats and H·T attention weights)."""
+    prefill = cfg.n_ctx * (cfg.n_layer * (16 * cfg.n_embd + 2 * cfg.n_head * cfg.n_ctx) + 2 * cfg.n_vocab)
     per_sample = (2 * cfg.n_layer * cfg.n_ctx * cfg.n_embd + 2 * (2 * cfg.n_ctx + max_new_tokens)
-                  + 4 * cfg.n_vocab) * 4
+                  + 4 * cfg.n_vocab + prefill) * 4
     return 4 * cfg.n_params + num_samples * per_sample
 
 

@@ -152,7 +152,12 @@ def device_memory(device) -> tuple[int, str]:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"{device.device_kind} memory"
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM of this machine"
+    try:  # what the kernel can give without swapping or killing (Linux); else all of it
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kib * 1024, "RAM available on this machine"
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM of this machine"
 
 
 def check_memory(cfg: config_lib.Config, mesh) -> None:
