@@ -16,6 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from gptjax import yaml_io
 from gptjax.errors import UserError, did_you_mean, first_line
 
 # Presets ship inside the package; a configs/ folder in the working directory (the repo's, or a
@@ -125,6 +126,7 @@ class TrainConfig:
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
     checkpoint_every: int | None = _field(None, "also checkpoint every this many steps; default: eval_every")
     on_nonfinite: str = _field("stop", "on a non-finite loss or gradient: stop | skip (the update) | rollback")
+    max_skips: int = _field(10, "on_nonfinite=skip: stop after more than this many updates in a row are skipped")
     eval_batches: int = _field(20, "fixed batches per split for each evaluation")
     log_every: int = _field(10, "write a metrics.jsonl line every this many steps")
     init_from: str = _field("", "fine-tune: start from a run dir, HF GPT-2 folder or gpt2[-medium|-large|-xl]")
@@ -134,6 +136,7 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
         _check(self.checkpoint_every is None or self.checkpoint_every > 0,
                f"train.checkpoint_every must be positive, got {self.checkpoint_every}")
+        _check(self.max_skips >= 0, f"train.max_skips must be >= 0, got {self.max_skips}")
         _check(self.on_nonfinite in ("stop", "skip", "rollback"),
                f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
         _check(self.batch_size % self.grad_accum == 0,
@@ -261,7 +264,7 @@ def _one_line(err: OmegaConfBaseException) -> str:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml_io.load(path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

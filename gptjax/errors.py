@@ -30,12 +30,23 @@ def did_you_mean(word: str, choices) -> str:
     return f"; did you mean {match[0]}?" if match else ""
 
 
+class Interrupted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT); the message says what was saved and how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def run_cli(main: Callable[[], None], debug: bool = False) -> int:
     """Run an entry point: user errors become one line on stderr and exit code 2."""
     # orbax logs routine notices through absl at WARNING; a user only needs errors.
     logging.getLogger("absl").setLevel(logging.ERROR)
     if not debug:
         _hide_leftovers_of_failed_reads()
+        # orbax also logs each failed background write (a full disk: dozens of tracebacks); the
+        # failure itself reaches the caller and becomes one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         main()
         return 0
@@ -44,8 +55,11 @@ def run_cli(main: Callable[[], None], debug: bool = False) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before training started, or in a command that saves nothing
+        print("interrupted; nothing new was saved", file=sys.stderr)
         return 130
 
 

@@ -39,6 +39,24 @@ def check_options(*, temperature: float, top_k: int | None, top_p: float, max_ne
         raise SamplerError(f"--num-samples must be >= 1, got {num_samples}")
 
 
+def memory_needed(cfg: ModelConfig, num_samples: int, max_new_tokens: int) -> int:
+    """Bytes generate() holds, roughly: float32 weights, and per sample its KV cache, token buffer, logits and
+    the prompt's forward pass (per layer and position ~16 D floats and H·T attention weights)."""
+    prefill = cfg.n_ctx * (cfg.n_layer * (16 * cfg.n_embd + 2 * cfg.n_head * cfg.n_ctx) + 2 * cfg.n_vocab)
+    per_sample = (2 * cfg.n_layer * cfg.n_ctx * cfg.n_embd + 2 * (2 * cfg.n_ctx + max_new_tokens)
+                  + 4 * cfg.n_vocab + prefill) * 4
+    return 4 * cfg.n_params + num_samples * per_sample
+
+
+def check_memory(cfg: ModelConfig, num_samples: int, max_new_tokens: int, have: int, what: str) -> None:
+    """Refuse up front what cannot fit, rather than swap or be killed after minutes."""
+    need = memory_needed(cfg, num_samples, max_new_tokens)
+    if need > have:
+        raise SamplerError(f"--num-samples {num_samples} with --max-new-tokens {max_new_tokens} needs about "
+                           f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB {what}; "
+                           f"ask for fewer samples or tokens at once")
+
+
 def filter_logits(logits_bv, *, temperature, top_k, top_p, vocab_size):
     """Logits scaled by 1/temperature with everything outside top-k / top-p set to -inf."""
     V = logits_bv.shape[-1]

@@ -6,6 +6,7 @@ what it prints as it shuts down); the rest call the same main() in this process,
 starting Python and JAX thirty times.
 """
 
+import json
 import os
 import pickle
 import re
@@ -56,6 +57,29 @@ def file_parent(tmp: Path) -> str:
     return str(tmp / "a_file" / "run")
 
 
+def write_tokenizer(content: bytes):
+    def damage(run, trained):
+        (run / "tokenizer.json").write_bytes(content)
+    return damage
+
+
+def other_inputs(run, trained):  # as if the data file or the fitted tokenizer had changed since the run started
+    inputs = json.loads((run / "inputs.json").read_text())
+    (run / "inputs.json").write_text(json.dumps({**inputs, "tokenizer_sha256": "0" * 64, "vocab_size": 60}))
+
+
+def laughs(tmp: Path) -> str:  # nested aliases: 10^9 values once expanded
+    rows = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    rows += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp / "laughs.yaml").write_text("model:\n  " + "\n  ".join(rows) + "\n")
+    return str(tmp / "laughs.yaml")
+
+
+def huge_yaml(tmp: Path) -> str:
+    (tmp / "huge.yaml").write_text("train:\n" + "".join(f"  k{i}: {i}\n" for i in range(800_000)))
+    return str(tmp / "huge.yaml")
+
+
 TRAIN = ["train.py", "tiny", "run.out_dir={run}"]
 # id -> (command line, expected message, damage done to the run copy first)
 CASES = {
@@ -90,8 +114,19 @@ CASES = {
     "flag of the wrong type": (["sample.py", "{run}", "--max-new-tokens", "many"], "argument --max-new-tokens: invalid int value: 'many'", None),
     "unwritable out_dir": (["train.py", "tiny", "run.out_dir={unwritable}"], "run directory {unwritable} is not writable", None),
     "out_dir inside a file": (["train.py", "tiny", "run.out_dir={file_parent}"], "{tmp}/a_file is a file, not a folder", None),
-    "disk too small for the checkpoints": (["train.py", "tiny", "run.out_dir={tmp}/new", "model.n_embd=65536",
-                                            "model.n_layer=64"], "not enough disk space in {tmp} for this run's checkpoints", None),
+    "out_dir a folder that is not a run": (["train.py", "tiny", "run.out_dir={tmp}"], "run.out_dir {tmp} is a folder that is not a gptjax run", None),
+    "resume with another tokenizer": (TRAIN, "was trained with another tokenizer than this data gives (vocabulary 60 then, 65 now)", other_inputs),
+    "model too big for memory": (["train.py", "tiny", "run.out_dir={tmp}/new", "model.n_layer=100000"], "this run needs about .* per device .*, more than the", None),
+    "batch too big for memory": (["train.py", "tiny", "run.out_dir={tmp}/new", "train.batch_size=1000000000"], "this run needs about .* per device .*, more than the", None),
+    "yaml with nested aliases": (["train.py", "{laughs}", "run.out_dir={run}"], "holds over 10000 values (with its aliases expanded)", None),
+    "yaml of 800k keys": (["train.py", "{huge_yaml}", "run.out_dir={run}"], "is over 64 KiB", None),
+    "sample more than memory holds": (["sample.py", "{run}", "--num-samples", "100000000"], "--num-samples 100000000 with --max-new-tokens 500 needs about", None),
+    "sample with a tokenizer of another size": (["sample.py", "{run}"], "has a vocabulary of 3, but the run was trained with 65", write_tokenizer(b'{"kind": "char", "chars": ["a", "b", "c"]}')),
+    "tokenizer.json of garbage bytes": (["sample.py", "{run}"], "cannot read tokenizer file .*tokenizer.json", write_tokenizer(bytes(range(256)) * 4)),
+    "tokenizer.json of wrong types": (["sample.py", "{run}"], "is damaged: char tokenizer's \"chars\" must be a list of distinct single characters", write_tokenizer(b'{"kind": "char", "chars": [1, 2, 3]}')),
+    "tokenizer.json with a 10^12 vocabulary": (["sample.py", "{run}"], "ids tokenizer's vocab_size must be an integer in", write_tokenizer(b'{"kind": "ids", "vocab_size": 1000000000000}')),
+    "disk too small for the checkpoints": (["train.py", "tiny", "run.out_dir={tmp}/new", "model.n_embd=1024",
+                                            "run.keep_checkpoints=100000"], "not enough disk space in {tmp} for this run's checkpoints", None),
 }
 
 # One of each kind: config, data, run directory, flags, and a damaged checkpoint, whose failed
@@ -129,7 +164,8 @@ def outcomes(trained, tmp_path_factory):
         if damage:
             damage(run, trained)
         names = {"tmp": str(tmp), "run": str(run)}
-        for key, make in (("unwritable", unwritable), ("file_parent", file_parent)):
+        for key, make in (("unwritable", unwritable), ("file_parent", file_parent), ("laughs", laughs),
+                          ("huge_yaml", huge_yaml)):
             if f"{{{key}}}" in " ".join(args):
                 names[key] = make(tmp)
         watched = [tmp, *([Path(names["unwritable"])] if "unwritable" in names else [])]

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,9 +90,12 @@ def run(spec: grid.Spec, command: str = "") -> None:
     jobs = [(p, i, grid.run_config(p, i, sweep_dir)) for p in points if p.cfg for i in range(spec.seeds)]
     if not jobs:
         raise UserError(f"every point of the grid is invalid (see above); nothing to train in {sweep_dir}")
-    write_plan(sweep_dir, spec, points, command)
-    with compile_cache(sweep_dir / ".jax_cache"):
-        failed = train_all(jobs)
+    from gptjax.train import runs
+
+    with runs.lock(sweep_dir, "sweep"):  # two sweeps into one --out would train and count the same runs twice
+        write_plan(sweep_dir, spec, points, command)
+        with compile_cache(sweep_dir / ".jax_cache"):
+            failed = train_all(jobs)
     from gptjax.ablate import report  # after training: plotting libraries are not needed before
 
     show(report.write([sweep_dir], sweep_dir), sweep_dir)
@@ -190,24 +194,48 @@ def timed_train(cfg: Config) -> tuple[float, str | None]:
 
     from gptjax.train import trainer
 
-    start, error = time.perf_counter(), None
+    error, clock = None, WallClock(Path(cfg.run.out_dir))
     try:
-        trainer.train(cfg)
+        with clock:
+            trainer.train(cfg)
     except UserError as e:  # one bad run (a checkpoint from another shape, ...) should not stop the others
         error = str(e)
     finally:
-        seconds = time.perf_counter() - start
-        add_wall_time(Path(cfg.run.out_dir), seconds)
         jax.clear_caches()
-    return seconds, error
+    return clock.seconds, error
 
 
-def add_wall_time(run_dir: Path, seconds: float) -> None:
-    if not run_dir.is_dir():
-        return
-    path = run_dir / grid.WALL_FILE
-    old = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
-    _write_json(path, {"wall_s": old["wall_s"] + seconds, "sessions": old["sessions"] + 1})
+class WallClock:
+    """Adds this session's wall time to the run's grid.WALL_FILE, rewritten every few seconds while it
+    trains, so a session killed mid-run still counts (up to the last write)."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.seconds, self.done = run_dir, 0.0, threading.Event()
+        path = run_dir / grid.WALL_FILE
+        self.before = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
+
+    def __enter__(self) -> WallClock:
+        self.start = time.perf_counter()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.done.set()
+        self.thread.join()
+        self._write()
+
+    def _beat(self) -> None:
+        while not self.done.wait(self.EVERY_S):
+            self._write()
+
+    def _write(self) -> None:
+        self.seconds = time.perf_counter() - self.start
+        if self.run_dir.is_dir():
+            _write_json(self.run_dir / grid.WALL_FILE, {"wall_s": self.before["wall_s"] + self.seconds,
+                                                         "sessions": self.before["sessions"] + 1})
 
 
 def _duration(seconds: float) -> str:

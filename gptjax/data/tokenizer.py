@@ -114,18 +114,36 @@ def gpt2_encoding() -> tiktoken.Encoding:
                              special_tokens={EOT: GPT2_VOCAB - 1}, explicit_n_vocab=GPT2_VOCAB)
 
 
-def from_json(spec: dict):
-    if spec.get("kind") == "gpt2":
+# Far above any real vocabulary, far below what would exhaust memory when an embedding is sized by it.
+MAX_VOCAB = 1 << 24
+
+
+def from_json(spec):
+    """The tokenizer a tokenizer.json describes, every field checked (the file may be damaged or hostile)."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "gpt2":
         return GPT2Tokenizer()
-    if spec.get("kind") == "char" and isinstance(spec.get("chars"), list):
-        return CharTokenizer(spec["chars"])
-    if spec.get("kind") == "ids" and isinstance(spec.get("vocab_size"), int):
-        return IdsTokenizer(spec["vocab_size"])
+    if kind == "char":
+        chars = spec.get("chars")
+        if (isinstance(chars, list) and 0 < len(chars) <= MAX_VOCAB and len(set(chars)) == len(chars)
+                and all(isinstance(c, str) and len(c) == 1 for c in chars)):
+            return CharTokenizer(chars)
+        raise TokenizerError("char tokenizer's \"chars\" must be a list of distinct single characters")
+    if kind == "ids":
+        size = spec.get("vocab_size")
+        if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_VOCAB:
+            return IdsTokenizer(size)
+        raise TokenizerError(f"ids tokenizer's vocab_size must be an integer in [1, {MAX_VOCAB}], got {size!r}"[:160])
     raise TokenizerError(f"unrecognised tokenizer description: {json.dumps(spec)[:80]}")
 
 
 def load(path: Path):
     try:
-        return from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {e}") from None
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {str(e)[:120]}; restore it from the run's "
+                             f"source, or retrain") from None
+    try:
+        return from_json(spec)
+    except TokenizerError as e:
+        raise TokenizerError(f"tokenizer file {path} is damaged: {e}") from None

@@ -163,13 +163,30 @@ def read_tensors(src: Path) -> dict[str, np.ndarray]:
     name = next((n for n in WEIGHT_FILES if (src / n).is_file()), None)
     if name is None:
         raise ConvertError(f"{src} has no model.safetensors or pytorch_model.bin; give a Hugging Face GPT-2 folder")
-    files = [src / name]
-    if name.endswith(".index.json"):
-        files = [src / f for f in sorted(set(json.loads((src / name).read_text())["weight_map"].values()))]
+    files = _shards(src, name) if name.endswith(".index.json") else [src / name]
     tensors = {}
     for path in files:
         tensors |= _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
     return tensors
+
+
+def _shards(src: Path, index: str) -> list[Path]:
+    """The shard files an index names, all inside `src`: a path out of it (absolute, ../) is refused."""
+    try:
+        weight_map = json.loads((src / index).read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise ConvertError(f"{src / index} cannot be read as a shard index: {str(e)[:120]}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ConvertError(f"{src / index} has no \"weight_map\" of tensor names to shard files; "
+                           f"restore it from the model's source")
+    root, files = src.resolve(), []
+    for name in sorted(set(weight_map.values())):
+        path = (src / name).resolve()
+        if root not in path.parents:
+            raise ConvertError(f"{src / index} names a shard outside {src}: {name!r}; only files in the "
+                               f"model's folder are read")
+        files.append(path)
+    return files
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:

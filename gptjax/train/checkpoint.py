@@ -98,8 +98,8 @@ class Checkpoints:
         args = ocp.args.Composite(**items, meta=ocp.args.JsonSave({**meta, "checksums": checksums}))
         try:
             self.manager.save(step, args=args, metrics=None if val_loss is None else {"val_loss": val_loss})
-        except OSError as e:
-            raise CheckpointError(f"cannot write checkpoint {step} in {self.directory}: {e.strerror or e}") from None
+        except Exception as e:  # this save, or the one before it still being written in the background
+            raise self._write_error(e) from None
 
     def restore(self, step: int, abstract_params, abstract_opt_state=None):
         """(params, opt_state or None, meta) at `step`, placed as the abstract targets say, checksums verified."""
@@ -150,7 +150,18 @@ class Checkpoints:
     def close(self) -> None:
         try:
             self.manager.wait_until_finished()
-        except OSError as e:  # an async save failed (e.g. the disk filled up)
-            raise CheckpointError(f"cannot write checkpoints in {self.directory}: {e.strerror or e}") from None
+        except Exception as e:  # an async save failed (e.g. the disk filled up)
+            raise self._write_error(e) from None
         finally:
             self.manager.close()
+
+    def _write_error(self, e: Exception) -> Exception:
+        """A failed write as one line; orbax reports a full disk as OSError or TensorStore's RESOURCE_EXHAUSTED."""
+        text = str(e)
+        if isinstance(e, OSError) or "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+            kept = self.manager.latest_step()
+            where = f"re-run the same command to resume from step {kept}" if kept else "re-run the same command"
+            why = "no space left on device" if "No space left" in text or "RESOURCE_EXHAUSTED" in text else _reason(e)
+            return CheckpointError(f"cannot write checkpoints in {self.directory}: {why}; the checkpoints already "
+                                   f"saved are intact: free some space and {where}")
+        return e

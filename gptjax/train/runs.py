@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -14,14 +18,20 @@ import yaml
 from flax import nnx
 
 from gptjax import config as config_lib
+from gptjax import sharding, yaml_io
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError, first_line
 from gptjax.files import atomic_write
 from gptjax.model import GPT, abstract_model
-from gptjax.train.checkpoint import CheckpointError, Checkpoints
+from gptjax.train.checkpoint import CHECKPOINT_DIR, DAMAGED_DIR, CheckpointError, Checkpoints
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
+INPUTS_FILE = "inputs.json"  # what the run trains on: the data's identity and the tokenizer's
+LOCK_FILE = ".lock"
+# What a run directory may hold before its config.yaml is written (a run killed while starting).
+_NAMES = {CONFIG_FILE, TOKENIZER_FILE, INPUTS_FILE, "metrics.jsonl", "wandb_id", "wall_time.json"}
+RUN_FILES = {*_NAMES, *(f".{n}.tmp" for n in _NAMES), "metrics.tmp", LOCK_FILE, CHECKPOINT_DIR, DAMAGED_DIR, "wandb"}
 
 
 class RunError(UserError):
@@ -31,11 +41,18 @@ class RunError(UserError):
 # ---------------------------------------------------------------------------
 # Before training: nothing is written until all of these pass.
 
-def check_run_dir(cfg: config_lib.Config) -> Path:
-    """The run directory, checked before anything is written: writable, and holding this model if any."""
+def check_run_dir(cfg: config_lib.Config, ds=None) -> Path:
+    """The run directory, checked before anything is written: writable, a run's if not empty, and
+    (once it holds a checkpoint) trained on this model, data and tokenizer."""
     run_dir = Path(cfg.run.out_dir)
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file():
+    strangers = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES) if run_dir.is_dir() else []
+    if strangers and not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"run.out_dir {run_dir} is a folder that is not a gptjax run (it holds {strangers[0]!r}"
+                       f"{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}); "
+                       f"give an empty or new folder, or the out_dir of a run")
+    if has_checkpoint(run_dir) and (run_dir / CONFIG_FILE).is_file():  # until then, nothing pins the run
+        if ds is not None:  # first: edited data also shows as another n_vocab, a less telling message
+            _check_inputs(run_dir, inputs(ds.meta.get("source_id"), ds.tokenizer), cfg.data.source)
         old, new = _read_config_tree(run_dir), cfg.to_dict()
         for section, keys in (("model", None), ("data", ("source", "tokenizer", "val_fraction", "text_field"))):
             for key in keys or new[section]:
@@ -45,6 +62,54 @@ def check_run_dir(cfg: config_lib.Config) -> Path:
                                    f"use another run.out_dir to start a new run")
     check_writable(run_dir)
     return run_dir
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(p.name.isdigit() for p in (run_dir / CHECKPOINT_DIR).glob("*"))
+
+
+def inputs(source_id: str | None, tokenizer) -> dict:
+    """The run's data and tokenizer, as inputs.json records them."""
+    spec = json.dumps(tokenizer.to_json(), sort_keys=True).encode()
+    return {"data": source_id, "tokenizer_sha256": hashlib.sha256(spec).hexdigest(), "vocab_size": tokenizer.vocab_size}
+
+
+def _check_inputs(run_dir: Path, now: dict, source: str) -> None:
+    """A resumed run trains on what it started with: an edited data file or refitted tokenizer would remap ids."""
+    try:
+        was = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run from before inputs.json: its tokenizer.json still tells
+        was = {}
+    if not was and (run_dir / TOKENIZER_FILE).is_file():
+        was = {"tokenizer_sha256": inputs(None, tokenizers.load(run_dir / TOKENIZER_FILE))["tokenizer_sha256"]}
+    fix = "put back the data it was trained on, or use another run.out_dir to start a new run"
+    if was.get("data") not in (None, now["data"]):
+        raise RunError(f"{run_dir} was trained on other data than data.source={source} now holds "
+                       f"(it changed since the run started); {fix}")
+    if was.get("tokenizer_sha256") not in (None, now["tokenizer_sha256"]):
+        raise RunError(f"{run_dir} was trained with another tokenizer than this data gives "
+                       f"(vocabulary {was.get('vocab_size', '?')} then, {now['vocab_size']} now); {fix}")
+
+
+def lock(run_dir: Path, what: str = "training run"):
+    """Hold run_dir for this process: the OS drops the lock when the process dies, so none is ever stale.
+
+    Returns the open lock file (keep it open for as long as the run lasts)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunError(f"{run_dir} is in use by another {what} ({holder}); wait for it to finish, "
+                       f"or use another directory") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle
 
 
 def check_writable(run_dir: Path) -> None:
@@ -73,15 +138,49 @@ def check_disk_space(run_dir: Path, state_bytes: int, keep: int) -> None:
                        f"or set run.out_dir elsewhere")
 
 
+def memory_needed(cfg: config_lib.Config, n_batch_shards: int = 1, n_fsdp: int = 1) -> tuple[int, int]:
+    """(state, activations) bytes one device holds at once, roughly: float32 params, grads and two Adam
+    moments; per layer and token the backward keeps ~16 D floats plus H·T attention weights, and the
+    logits take 2 V."""
+    m, rows = cfg.model, -(-cfg.train.micro_batch_size // n_batch_shards)
+    state = 16 * m.n_params // n_fsdp
+    activations = 4 * rows * m.n_ctx * (m.n_layer * (16 * m.n_embd + 2 * m.n_head * m.n_ctx) + 2 * m.n_vocab)
+    return state, activations
+
+
+def device_memory(device) -> tuple[int, str]:
+    """(bytes, what) a device can hold: an accelerator's own memory, else the machine's RAM."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+    try:  # what the kernel can give without swapping or killing (Linux); else all of it
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kib * 1024, "RAM available on this machine"
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM of this machine"
+
+
+def check_memory(cfg: config_lib.Config, mesh) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit (a page-out or OOM kill later loses more)."""
+    state, activations = memory_needed(cfg, sharding.n_batch_shards(mesh), dict(mesh.shape).get("fsdp", 1))
+    have, what = device_memory(mesh.devices.flat[0])
+    if state + activations > have:
+        raise RunError(f"this run needs about {_size(state + activations)} per device ({_size(state)} parameters "
+                       f"and optimizer state, {_size(activations)} activations), more than the {_size(have)} "
+                       f"{what}; lower train.batch_size (or raise train.grad_accum), or the model's size")
+
+
 def _size(n: int) -> str:
     exp = min(int(math.log(max(n, 1), 1024)), 4)
     return f"{n / 1024 ** exp:.1f} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[exp]}"
 
 
-def write_run_files(run_dir: Path, cfg: config_lib.Config, tokenizer) -> None:
+def write_run_files(run_dir: Path, cfg: config_lib.Config, tokenizer, source_id: str | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
     atomic_write(run_dir / TOKENIZER_FILE, json.dumps(tokenizer.to_json()))
+    atomic_write(run_dir / INPUTS_FILE, json.dumps(inputs(source_id, tokenizer)))
 
 
 # ---------------------------------------------------------------------------
@@ -102,7 +201,9 @@ class Run:
 
 def _read_config_tree(run_dir: Path) -> dict:
     try:
-        tree = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        tree = yaml_io.load(run_dir / CONFIG_FILE)
+    except yaml_io.YAMLBoundsError as e:
+        raise RunError(f"{run_dir / CONFIG_FILE} is damaged: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RunError(f"{run_dir / CONFIG_FILE} is damaged ({first_line(e)}); "
                        f"restore it or use another run.out_dir") from None
@@ -114,7 +215,19 @@ def _read_config_tree(run_dir: Path) -> dict:
 def read_files(run_dir: str | Path) -> tuple[config_lib.Config, object]:
     """The run's config and tokenizer: cheap, so a sampler can check its flags before loading weights."""
     run_dir = Path(run_dir)
-    return load_config(run_dir), tokenizers.load(run_dir / TOKENIZER_FILE)
+    cfg, tok = load_config(run_dir), tokenizers.load(run_dir / TOKENIZER_FILE)
+    try:
+        was = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a run from before inputs.json, or converted: only the size can tell
+        was = {}
+    trained = was.get("vocab_size") if isinstance(was, dict) else None
+    if tok.vocab_size > (cfg.model.n_vocab or 0) or trained not in (None, tok.vocab_size):
+        raise RunError(f"{run_dir / TOKENIZER_FILE} has a vocabulary of {tok.vocab_size}, but the run was trained "
+                       f"with {trained or f'at most {cfg.model.n_vocab}'}; put back the run's own {TOKENIZER_FILE}")
+    if isinstance(was, dict) and was.get("tokenizer_sha256") not in (None, inputs(None, tok)["tokenizer_sha256"]):
+        raise RunError(f"{run_dir / TOKENIZER_FILE} is not the tokenizer the run was trained with; "
+                       f"put back the run's own {TOKENIZER_FILE}")
+    return cfg, tok
 
 
 def load(run_dir: str | Path, step: int | str | None = None) -> Run:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
+import time
 from pathlib import Path
 
 import jax
@@ -42,7 +44,12 @@ class Tracker:
         if cfg.run.wandb != "off":
             import wandb
 
-            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=cfg.run.wandb, config=cfg.to_dict(),
+            mode = cfg.run.wandb
+            if mode == "online" and not has_wandb_key():  # wandb.init would wait on the network, then fail
+                self.message(f"warning: run.wandb=online but no wandb API key is set (WANDB_API_KEY or `wandb "
+                             f"login`); logging offline in {run_dir}/wandb instead (upload it with `wandb sync`)")
+                mode = "offline"
+            self.wandb = wandb.init(project=cfg.run.wandb_project, mode=mode, config=cfg.to_dict(),
                                     group=cfg.run.wandb_group or None, dir=str(run_dir), name=_wandb_name(run_dir, cfg),
                                     id=_wandb_id(run_dir), resume="allow")
 
@@ -88,6 +95,46 @@ class Tracker:
             self.bar.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def has_wandb_key() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` puts it), read without the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class Clock:
+    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
+
+    def __init__(self):
+        self.restart()
+        self.compile_s = None
+
+    def restart(self) -> None:
+        self.since, self.steps = time.perf_counter(), 0
+
+    def tick(self, state, first: bool) -> None:
+        self.steps += 1
+        if first:
+            jax.block_until_ready(state)
+            self.compile_s = time.perf_counter() - self.since
+            self.restart()
+
+    def read(self, tokens_per_step: int) -> dict[str, float]:
+        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
+        if self.steps:
+            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
+        self.compile_s = None
+        self.restart()
+        return row
 
 
 def _plain(v):

@@ -9,6 +9,7 @@ and a checkpoint is only written after every step before it has been checked.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import sys
 import time
@@ -24,9 +25,10 @@ from gptjax.errors import UserError
 from gptjax.model import GPT, abstract_model
 from gptjax.train import finetune, optim
 from gptjax.train.checkpoint import CHECKPOINT_DIR, CheckpointError, Checkpoints
-from gptjax.train.runs import check_disk_space, check_run_dir, write_run_files
+from gptjax.train.runs import RunError, check_disk_space, check_memory, check_run_dir, lock, write_run_files
 from gptjax.train.step import TrainState, initial_rng, jit_eval_step, jit_train_step
-from gptjax.train.tracking import Tracker
+from gptjax.train.stopping import Interrupted, StopRequests
+from gptjax.train.tracking import Clock, Tracker
 
 
 class TrainingError(UserError):
@@ -166,6 +168,16 @@ def _warn(text: str) -> None:
 
 def train(cfg: Config) -> dict:
     """Train (or resume) the run in cfg.run.out_dir to cfg.train.steps; returns the last logged row."""
+    try:
+        return _train(cfg)
+    except OSError as e:  # metrics.jsonl or wandb on a full disk (checkpoint writes say so themselves)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise RunError(f"cannot write in {cfg.run.out_dir}: {e.strerror}; the checkpoints already saved are intact: "
+                       f"free some space and re-run the same command to resume") from None
+
+
+def _train(cfg: Config) -> dict:
     source = None
     if cfg.train.init_from:
         source = finetune.open_source(cfg.train.init_from)
@@ -173,9 +185,11 @@ def train(cfg: Config) -> dict:
     cfg, ds, mesh = setup(cfg)
     if source:
         source.check_tokenizer(ds.tokenizer)
-    run_dir = check_run_dir(cfg)
+    run_dir = check_run_dir(cfg, ds)
+    check_memory(cfg, mesh)  # before build: a model too big to hold takes long to even trace
     pieces = build(cfg, mesh)
     check_disk_space(run_dir, state_bytes(pieces), cfg.run.keep_checkpoints)
+    held = lock(run_dir) if sharding.is_main_process() else None  # until this process ends
     existed = (run_dir / CHECKPOINT_DIR).is_dir()
     sharding.sync("run directory checked")  # every process looks before process 0 writes anything
     # Orbax saves and restores collectively: every process opens, restores and saves alike.
@@ -185,24 +199,36 @@ def train(cfg: Config) -> dict:
     if not resumed:  # a started run resumes, whatever train.init_from says
         state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
     if sharding.is_main_process():
-        write_run_files(run_dir, cfg, ds.tokenizer)
+        write_run_files(run_dir, cfg, ds.tokenizer, ds.meta.get("source_id"))
     ckpts = ckpts or Checkpoints(run_dir, cfg.run.keep_checkpoints)
     tracker = Tracker(run_dir, cfg, start, cfg.train.steps, resumed=resumed)
+    if resumed and start < cfg.train.steps:
+        tracker.message(f"resuming from step {start} of {cfg.train.steps}")
     try:
-        return Loop(cfg, ds, mesh, pieces, ckpts, tracker).run(state, start)
+        # Several processes would each stop at the step their signal came, and their collective saves
+        # would never meet: there, a signal kills as before and the last checkpoint is where it resumes.
+        with StopRequests(active=jax.process_count() == 1) as stop:
+            return Loop(cfg, ds, mesh, pieces, ckpts, tracker, stop).run(state, start)
     finally:
-        ckpts.close()
-        tracker.close()
+        try:
+            ckpts.close()
+        finally:
+            tracker.close()
+            if held:
+                held.close()
 
 
 class Loop:
     """Steps from a state to cfg.train.steps: log, evaluate, checkpoint, and act on non-finite steps."""
 
-    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker):
+    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker,
+                 stop: StopRequests | None = None):
         self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
+        self.stop = stop or StopRequests()
         self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag on device) not read yet
         self.rolled_back: set[int] = set()  # bad steps already retried once
         self.skipped = 0  # updates skipped since the last log line
+        self.skipped_in_a_row = 0
         self.clock = Clock()
 
     def run(self, state: TrainState, start: int) -> dict:
@@ -223,6 +249,8 @@ class Loop:
             self.clock.tick(state, first=step == start + 1)
             is_eval = step % t.eval_every == 0 or step == t.steps
             is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
+            if self.stop.signum is not None:
+                is_save = True
             if not (is_log or is_save):
                 continue
             state, back = self.check(state, step)
@@ -234,7 +262,18 @@ class Loop:
                 last = self.log(state, step, metrics, is_eval)
             if is_save:
                 save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
+            if self.stop.signum is not None:
+                self.interrupted(step)
+        if self.stop.signum is not None:  # the signal came after the last step: it is saved
+            self.interrupted(step)
         return last
+
+    def interrupted(self, step: int):
+        self.ckpts.manager.wait_until_finished()
+        newest = self.ckpts.latest_step()
+        where = (f"saved step {newest}; re-run the same command to resume from step {newest}" if newest
+                 else "nothing was saved; re-run the same command to start again")
+        raise Interrupted(where, self.stop.signum)
 
     def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
@@ -277,11 +316,19 @@ class Loop:
         flags = jax.device_get([flag for _, flag in self.pending])
         bad = [s for (s, _), ok in zip(self.pending, flags) if not ok]
         self.pending = []
+        self.skipped_in_a_row = _in_a_row(flags, self.skipped_in_a_row)
         if not bad:
             return state, None
         mode = self.cfg.train.on_nonfinite
         what = f"non-finite loss or gradients at step {bad[0]}" + (
             f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "")
+        if mode == "skip" and self.skipped_in_a_row > self.cfg.train.max_skips:
+            self.ckpts.manager.wait_until_finished()
+            newest = self.ckpts.latest_step()
+            kept = f"the newest checkpoint is step {newest}" if newest else "no checkpoint was saved"
+            raise TrainingError(f"{self.skipped_in_a_row} updates in a row skipped up to step {bad[-1]} "
+                                f"(train.max_skips={self.cfg.train.max_skips}); training stopped and {kept}; "
+                                f"lower train.lr or raise train.warmup_steps")
         if mode == "skip":  # the jitted step already kept the old state for these steps
             self.skipped += len(bad)
             plural = "s" if len(bad) > 1 else ""
@@ -301,30 +348,12 @@ class Loop:
                             f"train.warmup_steps, or set train.on_nonfinite=skip")
 
 
-class Clock:
-    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
-
-    def __init__(self):
-        self.restart()
-        self.compile_s = None
-
-    def restart(self) -> None:
-        self.since, self.steps = time.perf_counter(), 0
-
-    def tick(self, state: TrainState, first: bool) -> None:
-        self.steps += 1
-        if first:
-            jax.block_until_ready(state)
-            self.compile_s = time.perf_counter() - self.since
-            self.restart()
-
-    def read(self, tokens_per_step: int) -> dict[str, float]:
-        row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
-        if self.steps:
-            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
-        self.compile_s = None
-        self.restart()
-        return row
+def _in_a_row(flags: list, before: int) -> int:
+    """Non-finite steps at the end of `flags` (continuing `before` if all of them are)."""
+    run = before
+    for ok in flags:
+        run = 0 if ok else run + 1
+    return run
 
 
 def save(ckpts: Checkpoints, cfg: Config, state: TrainState, step: int, row: dict) -> None:
