@@ -18,12 +18,14 @@ import pytest
 from gptjax import config
 from gptjax.ablate import sweep
 from gptjax.interop import convert
+from gptjax.look import cli as inspect_cli
 from gptjax.train import runs, trainer
 from gptjax.train.checkpoint import Checkpoints
 from gptjax.train.tracking import Tracker, read_metrics
 from tests.conftest import ROOT, run_in_process, run_main, run_script
 from tests.test_bad_input import snapshot
 from tests.test_convert import write_hf_folder
+from tests.test_inspect import run_dir  # noqa: F401 (a fixture: a run of a hand-set model)
 
 LONG = ["tiny", "train.steps=100000", "train.eval_every=100000", "train.log_every=1"]
 
@@ -187,3 +189,13 @@ def test_sweep_counts_the_wall_time_of_a_killed_session_and_locks_its_out(tmp_pa
     with runs.lock(tmp_path, "sweep"):
         result = run_main(sweep.main, ["tiny", "model.n_layer=1,2", "--out", str(tmp_path)])
     assert f"{tmp_path} is in use by another sweep (pid" in error_line(result)
+
+
+def test_inspect_refuses_a_tokenizer_the_run_was_not_trained_with(run_dir, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(run_dir[0], run)
+    (run / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("KMWQXYZ!")}))  # same size
+    before = snapshot(run)
+    line = error_line(run_main(inspect_cli.main, ["next", str(run)]))
+    assert f"{run / 'tokenizer.json'} is not the tokenizer the run was trained with" in line
+    assert snapshot(run) == before
