@@ -192,6 +192,7 @@ def test_bad_input_is_one_clear_line(outcomes, name):
     assert unchanged, "the command changed files it should not have touched"
 
 
+@pytest.mark.slow  # a fresh train.py process
 def test_debug_shows_the_traceback():
     result = run_script("train.py", "tiny", "model.n_layr=3", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr

@@ -291,6 +291,7 @@ def test_resuming_a_converted_run_starts_at_step_0_with_its_weights_and_a_fresh_
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(fresh)))
 
 
+@pytest.mark.slow  # a fresh process, through the old module path
 def test_cli_round_trip_is_bit_identical_and_sample_py_reads_the_run(tmp_path, capsys):
     import sample  # the entry point, run in this process to save a start-up
 

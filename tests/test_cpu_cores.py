@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, run_script
+
+pytestmark = pytest.mark.slow  # every test here starts fresh processes: device counts are fixed at JAX start-up
 
 MESH_SIZES = """
 import json, jax

@@ -94,19 +94,22 @@ def same(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
+@pytest.mark.slow  # train.py processes, killed mid-run
 def test_killed_run_logs_every_step_once_with_the_same_losses(killed):
     whole, part, why = killed
     assert not saving(part)  # the interrupted save was cleaned up, never picked up
     a, b = read_metrics(whole), read_metrics(part)
     assert [r["step"] for r in b] == list(range(STEPS + 1)), why  # no step missing, none twice
-    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b], why
+    assert [r.get("train_loss") for r in a] == [r.get("train_loss") for r in b], why  # step 0 has none
 
 
+@pytest.mark.slow  # train.py processes, killed mid-run
 def test_killed_run_ends_with_the_same_bits(killed):
     whole, part, why = killed
     assert same(final_state(whole), final_state(part)), why
 
 
+@pytest.mark.slow  # train.py processes, killed mid-run
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(killed, capsys):
     whole, part, _ = killed
     params = max((whole / "checkpoints" / str(STEPS) / "params").rglob("d/*"), key=lambda p: p.stat().st_size)

@@ -253,6 +253,7 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, message):
     assert err.count("\n") == 1 and err.startswith("error:")
 
 
+@pytest.mark.slow  # a fresh process, through the old module path
 def test_module_entry_point_reports_bad_input_in_one_line(run_dir):
     result = subprocess.run([sys.executable, "-m", "gptjax.inspect", "attention", str(run_dir[0]), "--prompt", "K",
                              "--layer", "9"], capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -96,6 +96,7 @@ def eight(tmp_path_factory):
     return {**first, "losses": {**first["losses"], **second["losses"]}, "run_dir": tmp / "saved_on_8"}
 
 
+@pytest.mark.slow  # fresh processes on 2 to 8 CPU devices
 def test_every_mesh_gives_the_one_device_losses(eight):
     losses = eight["losses"]
     one = np.asarray(losses["one_device"])
@@ -104,6 +105,7 @@ def test_every_mesh_gives_the_one_device_losses(eight):
         np.testing.assert_allclose(losses[mesh], one, rtol=0, atol=1e-5, err_msg=mesh)
 
 
+@pytest.mark.slow  # fresh processes on 2 to 8 CPU devices
 def test_fsdp8_holds_an_eighth_of_every_weight_and_adam_moment_per_device(eight):
     trees = eight["fsdp8"]
     assert trees["mu"].keys() == trees["nu"].keys() == trees["params"].keys()
@@ -121,11 +123,13 @@ def test_fsdp8_holds_an_eighth_of_every_weight_and_adam_moment_per_device(eight)
         assert whole < 0.03 * sum(math.prod(leaf["shape"]) for leaf in tree.values()), name
 
 
+@pytest.mark.slow  # fresh processes on 2 to 8 CPU devices
 def test_batch_that_does_not_split_over_the_devices_is_one_clear_error(eight):
     assert eight["batch_error"] == ("micro-batch of 12 sequences (train.batch_size / train.grad_accum) does not "
                                     "split over 8 devices; make it a multiple of 8")
 
 
+@pytest.mark.slow  # fresh processes on 2 to 8 CPU devices
 def test_two_processes_on_loopback_match_one_process_on_four_devices(eight, tmp_path):
     port, run, steps = free_port(), tmp_path / "two", 3
     outs = finish(*two_processes(run, f"train.steps={steps}", port=port))
@@ -138,6 +142,7 @@ def test_two_processes_on_loopback_match_one_process_on_four_devices(eight, tmp_
     assert port_is_free(port)
 
 
+@pytest.mark.slow  # fresh processes on 2 to 8 CPU devices
 def test_checkpoint_saved_on_8_devices_resumes_on_1_and_on_4(eight, tmp_path):
     # 4 devices as 2 processes x 2: the restore onto a new mesh is collective too.
     runs = {1: tmp_path / "on_1", 4: tmp_path / "on_4"}
