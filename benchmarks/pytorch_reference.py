@@ -94,9 +94,13 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=0,
                         help="before the first step, evaluate this many batches of each split (nanoGPT's iter 0)")
     args = parser.parse_args()
-    s = SHAPES[args.shapes]
     if args.sample:
-        return sample(args.sample, s, args.max_new_tokens)
+        return sample(args.sample, SHAPES[args.shapes], args.max_new_tokens)
+    train(args, SHAPES[args.shapes])
+
+
+def train(args, s: dict) -> None:
+    """Eval batches, then the first step (printed as nanoGPT logs iter 0), then the timed steps."""
     torch.manual_seed(0)
     model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["n_ctx"], s["bias"], s["dropout"])
     decay = [p for p in model.parameters() if p.dim() >= 2]
