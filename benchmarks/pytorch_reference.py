@@ -1,6 +1,7 @@
 """The PyTorch yardstick for BENCHMARKS.md: nanoGPT's model and step, timed like gptjax.bench.
 
-    python benchmarks/pytorch_reference.py cpu_recipe|baby_gpt [--steps N] [--compile]
+    python benchmarks/pytorch_reference.py cpu_recipe|baby_gpt [--steps N] [--compile] [--save CKPT]
+    python benchmarks/pytorch_reference.py cpu_recipe --sample CKPT [--max-new-tokens N]
 
 A GPT-2 block as nanoGPT writes it (pre-LayerNorm, causal scaled_dot_product_attention,
 GELU MLP, tied unembedding, AdamW with its weight-decay split, gradient clipping), with
@@ -57,12 +58,29 @@ class GPT(nn.Module):
         self.head = nn.Linear(n_embd, N_VOCAB, bias=False)
         self.head.weight = self.wte.weight
 
-    def forward(self, idx, targets):
+    def logits(self, idx):
         x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1])))
         for block in self.blocks:
             x = block(x)
-        logits = self.head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, N_VOCAB), targets.view(-1))
+        return self.head(self.ln_f(x))
+
+    def forward(self, idx, targets):
+        return F.cross_entropy(self.logits(idx).view(-1, N_VOCAB), targets.view(-1))
+
+
+@torch.no_grad()
+def sample(ckpt: str, shapes: dict, max_new_tokens: int) -> None:
+    """nanoGPT's sample.py loop: load the checkpoint, crop to n_ctx, temperature 0.8, top-k 200, no cache."""
+    model = GPT(**{k: shapes[k] for k in ("n_layer", "n_head", "n_embd", "n_ctx", "bias", "dropout")})
+    model.load_state_dict(torch.load(ckpt)["model"])
+    model.eval()
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    for _ in range(max_new_tokens):
+        logits = model.logits(idx[:, -shapes["n_ctx"]:])[:, -1, :] / 0.8
+        v, _ = torch.topk(logits, min(200, N_VOCAB))
+        logits[logits < v[:, [-1]]] = -float("inf")
+        idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
+    print(json.dumps({"measurement": "sample", "new_tokens": max_new_tokens, "last_id": int(idx[0, -1])}))
 
 
 def main() -> None:
@@ -70,8 +88,19 @@ def main() -> None:
     parser.add_argument("shapes", choices=SHAPES)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--save", help="after the steps, torch.save the model here (nanoGPT's ckpt.pt layout)")
+    parser.add_argument("--sample", metavar="CKPT", help="only sample --max-new-tokens from this checkpoint")
+    parser.add_argument("--max-new-tokens", type=int, default=500)
+    parser.add_argument("--eval-batches", type=int, default=0,
+                        help="before the first step, evaluate this many batches of each split (nanoGPT's iter 0)")
     args = parser.parse_args()
-    s = SHAPES[args.shapes]
+    if args.sample:
+        return sample(args.sample, SHAPES[args.shapes], args.max_new_tokens)
+    train(args, SHAPES[args.shapes])
+
+
+def train(args, s: dict) -> None:
+    """Eval batches, then the first step (printed as nanoGPT logs iter 0), then the timed steps."""
     torch.manual_seed(0)
     model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["n_ctx"], s["bias"], s["dropout"])
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -90,7 +119,11 @@ def main() -> None:
         opt.step()
         return loss.item()  # blocks, as gptjax.bench blocks on the loss
 
-    for _ in range(3):
+    with torch.no_grad():
+        for _ in range(2 * args.eval_batches):
+            model(x, y).item()
+    print(json.dumps({"measurement": "first_step", "loss": step()}), flush=True)  # as nanoGPT logs iter 0
+    for _ in range(2):
         step()
     times = []
     for _ in range(args.steps):
@@ -102,6 +135,8 @@ def main() -> None:
                       "compile": args.compile, "threads": torch.get_num_threads(), **s, "ms_per_step": round(ms, 3),
                       "tokens_per_sec": round(s["batch"] * s["n_ctx"] / (ms / 1e3), 1),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    if args.save:
+        torch.save({"model": model.state_dict()}, args.save)
 
 
 if __name__ == "__main__":

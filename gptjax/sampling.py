@@ -66,8 +66,10 @@ def filter_logits(logits_bv, *, temperature, top_k, top_p, vocab_size):
     ranks = jnp.arange(V)
     sorted_bv = jnp.where(ranks < top_k, sorted_bv, -jnp.inf)
     probs = jax.nn.softmax(sorted_bv, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
-    n_keep = jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p, axis=-1, keepdims=True)
+    # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays); only the
+    # top-k ranks count, since float32 mass can stop just below 1.0 and would otherwise admit the -inf tail.
+    reaching = (jnp.cumsum(probs, axis=-1) - probs < top_p) & (ranks < top_k) & (sorted_bv > -jnp.inf)
+    n_keep = jnp.sum(reaching, axis=-1, keepdims=True)
     threshold = jnp.take_along_axis(sorted_bv, jnp.maximum(n_keep - 1, 0), axis=-1)
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 

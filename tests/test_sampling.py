@@ -93,6 +93,36 @@ def test_top_p_keeps_the_smallest_set_with_that_mass():
     np.testing.assert_allclose(counts, [0.05, 0.5, 0.15, 0.3], atol=0.04)
 
 
+def kept_by_definition(logits_v, temperature, top_k, top_p, vocab_size):
+    """Ids that temperature -> top-k -> top-p keep, computed plainly in float64, and the margin to top_p."""
+    scaled = logits_v[:vocab_size].astype(np.float64) / temperature
+    order = np.argsort(-scaled, kind="stable")[:top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    mass_before = np.cumsum(probs / probs.sum()) - probs / probs.sum()
+    n_keep = int(np.sum(mass_before < top_p))  # the smallest prefix whose mass reaches top_p
+    margin = np.inf if top_p >= 1 else float(np.min(np.abs(mass_before - top_p)))  # top_p 1 keeps all k
+    return set(order[:n_keep].tolist()), margin
+
+
+def test_kept_set_matches_its_definition_on_a_gpt2_sized_vocabulary():
+    V, vocab_size = 50304, 50257  # GPT-2's vocabulary padded as the models pad it
+    rng = np.random.default_rng(0)
+    logits_bv = rng.normal(size=(48, V)).astype(np.float32) * rng.uniform(0.5, 4, size=(48, 1)).astype(np.float32)
+    filtered = jax.jit(sampling.filter_logits)
+    checked = 0
+    for temperature, top_k, top_p in [(0.8, 200, 1.0), (1.0, 40, 1.0), (1.3, 5000, 1.0), (0.7, 1000, 0.9),
+                                      (1.0, vocab_size, 0.95), (0.5, 50, 0.5), (1.0, 1, 1.0)]:
+        out = np.asarray(filtered(jnp.asarray(logits_bv), temperature=temperature, top_k=top_k, top_p=top_p,
+                                  vocab_size=vocab_size))
+        for row, out_v in zip(logits_bv, out, strict=True):
+            want, margin = kept_by_definition(row, temperature, top_k, top_p, vocab_size)
+            if margin < 1e-5:  # float32 and float64 may round a mass this close to top_p either way
+                continue
+            assert set(np.flatnonzero(np.isfinite(out_v)).tolist()) == want, (temperature, top_k, top_p)
+            checked += 1
+    assert checked > 250  # most rows: only a mass within 1e-5 of top_p is skipped
+
+
 def test_padded_vocab_ids_are_never_drawn():
     logits = jnp.zeros((1, 8)).at[0, 6].set(50.0)  # the padded id 6 is by far the most likely
     assert int(sampling.sample_token(logits, jax.random.PRNGKey(0), temperature=0.0, top_k=8, top_p=1.0,
