@@ -9,7 +9,7 @@ sampling the whole process tree's resident memory:
              train_test_split, datasets.map(num_proc) with tiktoken encode_ordinary, np.memmap write
   single     data.prepare with data.num_proc=1
 
-    python benchmarks/prepare_data.py [--size-mb 1024] [--runs gptjax,nanogpt,single] [--keep]
+    python benchmarks/prepare_data.py [--size-mb 1024] [--runs gptjax,nanogpt,single] [--repeat N] [--keep]
 
 Prints one JSON line per run: tokens, wall_s, tokens_per_s, peak_rss_mb (the sum over the process
 and its children, so pages a forked child shares with its parent count twice).
@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--size-mb", type=int, default=1024, help="corpus size to build")
     p.add_argument("--runs", default="gptjax,nanogpt,single", help="comma-separated: gptjax, nanogpt, single")
     p.add_argument("--workdir", default="/tmp/gptjax-prepare-bench", help="corpus and outputs (never commit)")
+    p.add_argument("--repeat", type=int, default=1, help="run the list this many times, interleaved")
     p.add_argument("--keep", action="store_true", help="keep the corpus for another run")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -148,7 +149,7 @@ def main() -> None:
     size = sum(f.stat().st_size for f in corpus.iterdir())
     print(json.dumps({"corpus_mb": round(size / 2**20), "shards": len(list(corpus.iterdir())), "cores": cpu_count(),
                       "load_avg": os.getloadavg()[0]}), flush=True)
-    for kind in args.runs.split(","):
+    for kind in args.runs.split(",") * args.repeat:
         out = work / f"out-{kind}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
