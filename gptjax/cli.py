@@ -56,7 +56,7 @@ def train(argv: list[str]) -> int:
     return errors.run_cli(run, debug=args.debug)
 
 
-def sample(argv: list[str]) -> int:
+def sample_parser() -> errors.ArgumentParser:
     parser = errors.ArgumentParser(
         prog="sample.py", description="Sample text from a trained run: gptjax sample RUN_DIR [--prompt TEXT] ...")
     parser.add_argument("run_dir", help="a run directory written by train.py")
@@ -72,7 +72,11 @@ def sample(argv: list[str]) -> int:
                              "re-encodes the newest half and keeps caching")
     parser.add_argument("--step", default="latest", help="checkpoint to use: latest, best, or a step number")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def sample(argv: list[str]) -> int:
+    args = sample_parser().parse_args(argv)
 
     def run():
         platform.configure()

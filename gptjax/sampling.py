@@ -82,44 +82,51 @@ def sample_token(logits_bv, key, *, temperature, top_k, top_p, vocab_size):
     return jnp.where(temperature == 0, greedy, drawn).astype(jnp.int32)
 
 
+class _Logits:
+    """Next-token logits at position `cur` inside the sampler's loop: from the KV cache, or recomputed."""
+
+    def __init__(self, model, batch: int, use_cache: bool, window: str):
+        self.model, self.n_ctx, self.batch = model, model.cfg.n_ctx, batch
+        self.use_cache, self.window = use_cache, window
+
+    def recomputed(self, buf, cur):
+        # The model on the last n_ctx tokens before `cur` (or the first n_ctx, if fewer).
+        start = jnp.maximum(cur - self.n_ctx, 0)
+        logits_btv = self.model(jax.lax.dynamic_slice_in_dim(buf, start, self.n_ctx, axis=1))
+        return jax.lax.dynamic_index_in_dim(logits_btv, cur - 1 - start, axis=1, keepdims=False)
+
+    def prefill(self, buf, cur, offset):
+        # One pass over the fixed-size window starting at `offset` fills a fresh cache
+        # (slots past `cur` hold junk that decoding overwrites before it is ever attended).
+        window_bt = jax.lax.dynamic_slice_in_dim(buf, offset, self.n_ctx, axis=1)
+        logits_btv, cache = self.model.decode(window_bt, init_cache(self.model.cfg, self.batch, self.model.dtype), 0)
+        return jax.lax.dynamic_index_in_dim(logits_btv, cur - 1 - offset, axis=1, keepdims=False), cache
+
+    def cached(self, buf, cache, cur, offset):
+        token_b1 = jax.lax.dynamic_slice_in_dim(buf, cur - 1, 1, axis=1)
+        logits_b1v, cache = self.model.decode(token_b1, cache, cur - 1 - offset)
+        return logits_b1v[:, 0], cache
+
+    def __call__(self, buf, cache, cur, offset):
+        if not self.use_cache:
+            return self.recomputed(buf, cur), cache, offset
+        if self.window == "exact":  # past the window, positions shift: only a recompute is exact
+            logits, cache = jax.lax.cond(cur <= self.n_ctx, lambda: self.cached(buf, cache, cur, offset),
+                                         lambda: (self.recomputed(buf, cur), cache))
+            return logits, cache, offset
+        # "shift" (approximate): when the cache is full, re-prefill its newest half and go on caching.
+        full = cur - offset > self.n_ctx
+        offset = jnp.where(full, cur - self.n_ctx // 2, offset)
+        logits, cache = jax.lax.cond(full, lambda: self.prefill(buf, cur, offset),
+                                     lambda: self.cached(buf, cache, cur, offset))
+        return logits, cache, offset
+
+
 @partial(jax.jit, static_argnames=("graphdef", "use_cache", "window"))
 def _generate(graphdef, params, buf_bl, prompt_len, n_new, key, temperature, top_k, top_p, vocab_size, stop_id,
               use_cache=True, window="exact"):
-    model = nnx.merge(graphdef, params)
-    n_ctx = model.cfg.n_ctx
     B = buf_bl.shape[0]
-
-    def window_logits(buf, cur):
-        # The model on the last n_ctx tokens before `cur` (or the first n_ctx, if fewer).
-        start = jnp.maximum(cur - n_ctx, 0)
-        logits_btv = model(jax.lax.dynamic_slice_in_dim(buf, start, n_ctx, axis=1))
-        return jax.lax.dynamic_index_in_dim(logits_btv, cur - 1 - start, axis=1, keepdims=False)
-
-    def prefill(buf, cur, offset):
-        # One pass over the fixed-size window starting at `offset` fills a fresh cache
-        # (slots past `cur` hold junk that decoding overwrites before it is ever attended).
-        logits_btv, cache = model.decode(jax.lax.dynamic_slice_in_dim(buf, offset, n_ctx, axis=1),
-                                         init_cache(model.cfg, B, model.dtype), 0)
-        return jax.lax.dynamic_index_in_dim(logits_btv, cur - 1 - offset, axis=1, keepdims=False), cache
-
-    def cached_logits(buf, cache, cur, offset):
-        token_b1 = jax.lax.dynamic_slice_in_dim(buf, cur - 1, 1, axis=1)
-        logits_b1v, cache = model.decode(token_b1, cache, cur - 1 - offset)
-        return logits_b1v[:, 0], cache
-
-    def next_logits(buf, cache, cur, offset):
-        if not use_cache:
-            return window_logits(buf, cur), cache, offset
-        if window == "exact":  # past the window, positions shift: only a recompute is exact
-            logits, cache = jax.lax.cond(cur <= n_ctx, lambda: cached_logits(buf, cache, cur, offset),
-                                         lambda: (window_logits(buf, cur), cache))
-            return logits, cache, offset
-        # "shift" (approximate): when the cache is full, re-prefill its newest half and go on caching.
-        full = cur - offset > n_ctx
-        offset = jnp.where(full, cur - n_ctx // 2, offset)
-        logits, cache = jax.lax.cond(full, lambda: prefill(buf, cur, offset),
-                                     lambda: cached_logits(buf, cache, cur, offset))
-        return logits, cache, offset
+    next_logits = _Logits(nnx.merge(graphdef, params), B, use_cache, window)
 
     def body(carry):
         buf, cache, cur, offset, logits, done = carry
@@ -134,7 +141,7 @@ def _generate(graphdef, params, buf_bl, prompt_len, n_new, key, temperature, top
         _, _, cur, _, _, done = carry
         return (cur < prompt_len + n_new) & ~jnp.all(done)
 
-    logits, cache = prefill(buf_bl, prompt_len, 0)
+    logits, cache = next_logits.prefill(buf_bl, prompt_len, 0)
     init = (buf_bl, cache, prompt_len, jnp.int32(0), logits, jnp.zeros((B,), bool))
     buf, _, cur, _, _, _ = jax.lax.while_loop(cond, body, init)
     return buf, cur
