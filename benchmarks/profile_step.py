@@ -100,6 +100,29 @@ def busy_time_by_op(events) -> dict[str, float]:
     return share
 
 
+def timed_steps(step, state, x, y, n: int):
+    """Milliseconds of each of n steps, run without the profiler, and the state after them."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        state, metrics = step(state, x, y)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - t) * 1e3)
+    return times, state
+
+
+def traced_steps(step, state, x, y, n: int) -> list[dict]:
+    """The profiler's trace events of n steps."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(n):
+                state, metrics = step(state, x, y)
+                jax.block_until_ready(metrics)
+        with gzip.open(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)[0]) as f:
+            trace = json.load(f)
+    return trace["traceEvents"] if isinstance(trace, dict) else trace
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="shakespeare_char_cpu")
@@ -112,20 +135,8 @@ def main() -> None:
     x, y = trainer.train_batch(cfg, ds, 0, mesh)
     step = pieces.train_step.lower(state, x, y).compile()
     lines, comps = parse_hlo(step.as_text())
-    untraced = []
-    for _ in range(args.steps + 2):
-        t = time.perf_counter()
-        state, metrics = step(state, x, y)
-        jax.block_until_ready(metrics)
-        untraced.append((time.perf_counter() - t) * 1e3)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            for _ in range(args.steps):
-                state, metrics = step(state, x, y)
-                jax.block_until_ready(metrics)
-        with gzip.open(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)[0]) as f:
-            trace = json.load(f)
-    trace = trace["traceEvents"] if isinstance(trace, dict) else trace
+    untraced, state = timed_steps(step, state, x, y, args.steps + 2)
+    trace = traced_steps(step, state, x, y, args.steps)
     events = [(e["ts"], e["ts"] + e["dur"], e["name"]) for e in trace
               if e.get("ph") == "X" and e.get("name") in lines]
     ms, flops = collections.Counter(), collections.Counter()
