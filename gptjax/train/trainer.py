@@ -163,8 +163,8 @@ class Loop:
             self.clock.tick(state, first=step == start + 1)
             is_eval = step % t.eval_every == 0 or step == t.steps
             is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
-            if self.stop.signum is not None:
-                is_save = True
+            stopping = self.stop.signum is not None  # read once: a signal may land mid-iteration
+            is_save = is_save or stopping
             if not (is_log or is_save):
                 continue
             state, back = self.check(state, step)
@@ -176,7 +176,7 @@ class Loop:
                 last = self.log(state, step, metrics, is_eval)
             if is_save:
                 save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
-            if self.stop.signum is not None:
+            if stopping:
                 self.interrupted(step)
         if self.stop.signum is not None:  # the signal came after the last step: it is saved
             self.interrupted(step)
