@@ -154,6 +154,8 @@ class TrainConfig:
     beta1: float = _field(0.9, "AdamW beta1")
     beta2: float = _field(0.99, "AdamW beta2")
     eps: float = _field(1e-8, "AdamW epsilon")
+    optimizer: str = _field("adamw", "adamw | muon (matrices; AdamW for tables, gains, biases) | lion (sign updates)")
+    muon_lr: float = _field(0.02, "muon: peak learning rate of the matrices (train.lr drives the AdamW part)")
     grad_clip: float = _field(1.0, "global gradient-norm clip; 0 disables")
     seed: int = _field(1337, "seed for init, data order and dropout")
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
@@ -168,6 +170,8 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
         _check(self.checkpoint_every is None or self.checkpoint_every > 0,
                f"train.checkpoint_every must be positive, got {self.checkpoint_every}")
+        _check(self.optimizer in ("adamw", "muon", "lion"),
+               f"train.optimizer must be adamw, muon or lion, got {self.optimizer!r}")
         _check(self.on_nonfinite in ("stop", "skip", "rollback"),
                f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
         _check(self.batch_size % self.grad_accum == 0,
@@ -175,7 +179,7 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps,
                "train.lr_decay_steps must exceed train.warmup_steps")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps", "muon_lr"):
             _check(getattr(self, name) >= 0 and not math.isnan(getattr(self, name)),
                    f"train.{name} must be >= 0, got {getattr(self, name)}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
