@@ -50,8 +50,16 @@ class ModelConfig:
     dropout: float = _field(0.0, "dropout on embeddings and residual branches, in [0, 1)")
     bias: bool = _field(True, "biases in linear layers and LayerNorm (GPT-2: true)")
     compute_dtype: str = _field("auto", "auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16")
+    positions: str = _field("learned", "learned (GPT-2's table) | rope (rotary, on queries and keys)")
+    norm: str = _field("layernorm", "layernorm (GPT-2) | rmsnorm (scale only, no mean or bias)")
+    mlp: str = _field("gelu", "gelu (GPT-2, 4·D wide) | relu2 (ReLU², 4·D) | swiglu (gated, 8·D/3 wide)")
+    qk_norm: bool = _field(False, "RMS-normalise queries and keys per head (learned gain) before attention")
+    n_kv_head: int | None = _field(None, "key/value heads G (grouped-query; 1: multi-query); default: n_head")
+    tie_embeddings: bool = _field(True, "unembed with the token table W_E (GPT-2); false: a separate W_U")
+    logit_softcap: float = _field(0.0, "cap logits smoothly at ±c (c·tanh(logits/c)); 0 disables")
 
     def __post_init__(self):
+        self._check_knobs()
         for name in ("n_ctx", "n_embd", "n_head", "n_layer"):
             _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
         _check(self.n_vocab is None or self.n_vocab > 0, f"model.n_vocab must be positive, got {self.n_vocab}")
@@ -62,29 +70,59 @@ class ModelConfig:
         _check(self.compute_dtype in ("auto", "float32", "bfloat16"),
                f"model.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
 
+    def _check_knobs(self):
+        for name, choices in (("positions", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                              ("mlp", ("gelu", "relu2", "swiglu"))):
+            _check(getattr(self, name) in choices,
+                   f"model.{name} must be {' or '.join(choices)}, got {getattr(self, name)!r}")
+        _check(self.n_kv_head is None or (self.n_kv_head > 0 and self.n_head % self.n_kv_head == 0),
+               f"model.n_kv_head={self.n_kv_head} must be positive and divide model.n_head={self.n_head}")
+        _check(self.logit_softcap >= 0 and not math.isnan(self.logit_softcap),
+               f"model.logit_softcap must be >= 0 (0 disables), got {self.logit_softcap}")
+        _check(self.positions != "rope" or self.n_head <= 0 or (self.n_embd // self.n_head) % 2 == 0,
+               f"model.positions=rope rotates pairs of dimensions: head size n_embd/n_head must be even, "
+               f"got {self.n_embd}/{self.n_head}")
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
     def mlp_dim(self) -> int:
-        return 4 * self.n_embd
+        # SwiGLU's third matrix is paid for by a narrower hidden layer (Shazeer 2020): 8D/3, not 4D.
+        return 8 * self.n_embd // 3 if self.mlp == "swiglu" else 4 * self.n_embd
+
+    @property
+    def is_gpt2(self) -> bool:
+        """The architecture is GPT-2's (every knob on its default), so GPT-2 tools can read it."""
+        return (self.positions, self.norm, self.mlp, self.qk_norm, self.kv_heads, self.tie_embeddings,
+                self.logit_softcap) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0)
 
     @property
     def n_params(self) -> int:
-        """Closed-form parameter count (tied unembedding, so W_U adds nothing)."""
+        """Closed-form parameter count (a tied unembedding adds nothing)."""
         assert self.n_vocab is not None, "resolve n_vocab from the data first"
         D, F, L, b = self.n_embd, self.mlp_dim, self.n_layer, int(self.bias)
-        layernorm = (1 + b) * D
-        attention = 4 * D * D + b * 4 * D        # W_Q, W_K, W_V, W_O and biases
-        mlp = 2 * D * F + b * (F + D)
-        return self.n_vocab * D + self.n_ctx * D + L * (2 * layernorm + attention + mlp) + layernorm
+        KV = self.kv_heads * self.head_dim       # width of the keys (and of the values)
+        norm = (1 + b) * D if self.norm == "layernorm" else D
+        attention = 2 * D * D + 2 * D * KV + b * (2 * D + 2 * KV)  # W_Q, W_O, W_K, W_V and biases
+        attention += 2 * self.head_dim * self.qk_norm             # gains of the query and key norms
+        gated = self.mlp == "swiglu"
+        mlp = (2 + gated) * D * F + b * ((1 + gated) * F + D)
+        tables = (1 + (not self.tie_embeddings)) * self.n_vocab * D + self.n_ctx * D * (self.positions == "learned")
+        return tables + L * (2 * norm + attention + mlp) + norm
 
     def flops_per_token(self, causal_half: bool = False) -> int:
         """Training FLOPs per token: 6N plus 12·L·T·D for attention scores and values
-        (halved if causal_half). N leaves out the position table, which is only looked
-        up; the tied token table counts once, for its matmul work as the unembedding."""
-        n = self.n_params - self.n_ctx * self.n_embd
+        (halved if causal_half). N leaves out the tables that are only looked up (learned
+        positions; the token table when W_U is separate); a tied token table counts once,
+        for its matmul work as the unembedding. Grouped K/V heads shrink N, not the scores."""
+        looked_up = self.n_ctx * (self.positions == "learned") + self.n_vocab * (not self.tie_embeddings)
+        n = self.n_params - looked_up * self.n_embd
         attention = 12 * self.n_layer * self.n_ctx * self.n_embd
         return 6 * n + (attention // 2 if causal_half else attention)
 
@@ -121,6 +159,8 @@ class TrainConfig:
     beta1: float = _field(0.9, "AdamW beta1")
     beta2: float = _field(0.99, "AdamW beta2")
     eps: float = _field(1e-8, "AdamW epsilon")
+    optimizer: str = _field("adamw", "adamw | muon (matrices; AdamW for tables, gains, biases) | lion (sign updates)")
+    muon_lr: float = _field(0.02, "muon: peak learning rate of the matrices (train.lr drives the AdamW part)")
     grad_clip: float = _field(1.0, "global gradient-norm clip; 0 disables")
     seed: int = _field(1337, "seed for init, data order and dropout")
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
@@ -137,6 +177,8 @@ class TrainConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every > 0,
                f"train.checkpoint_every must be positive, got {self.checkpoint_every}")
         _check(self.max_skips >= 0, f"train.max_skips must be >= 0, got {self.max_skips}")
+        _check(self.optimizer in ("adamw", "muon", "lion"),
+               f"train.optimizer must be adamw, muon or lion, got {self.optimizer!r}")
         _check(self.on_nonfinite in ("stop", "skip", "rollback"),
                f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
         _check(self.batch_size % self.grad_accum == 0,
@@ -144,7 +186,7 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps,
                "train.lr_decay_steps must exceed train.warmup_steps")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps", "muon_lr"):
             _check(getattr(self, name) >= 0 and not math.isnan(getattr(self, name)),
                    f"train.{name} must be >= 0, got {getattr(self, name)}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")

@@ -150,6 +150,8 @@ def tree_shardings(tree, mesh: Mesh):
     Variables carry their logical `axes`; other leaves (step counts) are replicated.
     """
     def one(leaf):
+        if isinstance(leaf, nnx.Variable) and not hasattr(leaf.get_raw_value(), "shape"):
+            return leaf  # a slot another optimizer owns (optax.partition's MaskedNode): nothing to place
         if isinstance(leaf, nnx.Variable):
             axes = leaf.get_metadata().get("axes") or (None,) * len(leaf.shape)
             return leaf.replace(NamedSharding(mesh, spec(axes, leaf.shape, mesh)))

@@ -218,6 +218,10 @@ def write(out: Path, cfg: ModelConfig, params: dict, eos_id: int | None) -> None
     """config.json + model.safetensors in `out`, loadable by GPT2LMHeadModel.from_pretrained."""
     from safetensors.numpy import save_file
 
+    if not cfg.is_gpt2:
+        raise ConvertError("this run's model is not GPT-2's architecture (model.positions, norm, mlp, qk_norm, "
+                           "n_kv_head, tie_embeddings or logit_softcap changed); only GPT-2 runs export to HF")
+
     out.mkdir(parents=True, exist_ok=True)
     # transformers reads the "format" metadata to know the file came from a PyTorch-layout model.
     save_file(to_tensors(params, cfg), out / "model.safetensors", metadata={"format": "pt"})

@@ -1,8 +1,13 @@
-"""The whole GPT-2, top-down: embeddings, pre-LayerNorm blocks, tied unembedding, KV cache.
+"""The whole GPT, top-down: embeddings, pre-norm blocks, unembedding, KV cache (GPT-2 by default).
 
 Dimension key, reused in einsum strings, logical sharding names and array suffixes:
   B batch   T time (queries)   S time (keys/values)   D model width (n_embd)
-  H heads   K head size        F MLP width (4·D)      V vocabulary (n_vocab)
+  H heads   K head size        F MLP width (mlp_dim)  V vocabulary (n_vocab)
+Keys and values have G = n_kv_head heads (G = H unless grouped); their `h` names those G.
+
+The architecture knobs (positions, norm, mlp, qk_norm, n_kv_head, tie_embeddings,
+logit_softcap) pick small parts from layers.py and rope.py; at their defaults the
+model, its parameter tree and its random draws are GPT-2's.
 
 Every parameter carries its logical axis names (`axes=`) and the main activations are pinned
 by logical names too (`constrain`); sharding.py maps both to the device mesh in one table, so
@@ -11,16 +16,18 @@ nothing here knows about devices.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
+from gptjax.model import rope
 from gptjax.model.attention import attention
 from gptjax.model.init import constant, normal
+from gptjax.model.layers import MLP, RMSNorm, add_bias, dense, norm
 from gptjax.sharding import constrain
+
+__all__ = ["GPT", "KVCache", "add_bias", "compute_dtype", "count_params", "dense", "init_cache"]
 
 KVCache = list[dict[str, jax.Array]]  # per layer: {"k": k_bshk, "v": v_bshk}
 BTD = ("batch", None, "act_embed")  # logical axes of the residual stream
@@ -33,10 +40,13 @@ class GPT(nnx.Module):
         self.cfg = cfg
         self.dtype = compute_dtype(cfg.compute_dtype)
         self.wte_vd = normal(rngs, (cfg.n_vocab, cfg.n_embd), ("vocab", "embed"), 0.02)
-        self.wpe_td = normal(rngs, (cfg.n_ctx, cfg.n_embd), (None, "embed"), 0.02)
+        learned = cfg.positions == "learned"  # else rotary, inside attention
+        self.wpe_td = normal(rngs, (cfg.n_ctx, cfg.n_embd), (None, "embed"), 0.02) if learned else None
         self.drop = nnx.Dropout(cfg.dropout)
         self.blocks = nnx.List([Block(cfg, self.dtype, rngs=rngs) for _ in range(cfg.n_layer)])
-        self.ln_f = LayerNorm(cfg)
+        self.ln_f = norm(cfg)
+        untied = not cfg.tie_embeddings
+        self.w_unembed_vd = normal(rngs, (cfg.n_vocab, cfg.n_embd), ("vocab", "embed"), 0.02) if untied else None
 
     def __call__(self, idx_bt: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits for every position; dropout is on when `rngs` is given."""
@@ -50,11 +60,13 @@ class GPT(nnx.Module):
 
     def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0):
         """The final residual stream, normalised: x_btd (and the updated cache when decoding)."""
-        positions_td = jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, idx_bt.shape[1])
         # Tokens are looked up in the whole table (gathered, as FSDP does for every weight it
         # uses): on a split table XLA would gather the batch's activations to scatter the gradient.
         wte_vd = constrain(self.wte_vd[...], ("vocab", None))
-        x_btd = (wte_vd[idx_bt] + positions_td).astype(self.dtype)
+        x_btd = wte_vd[idx_bt]
+        if self.wpe_td is not None:
+            x_btd = x_btd + jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, idx_bt.shape[1])
+        x_btd = x_btd.astype(self.dtype)
         x_btd = constrain(dropout(self.drop, x_btd, rngs), BTD)
         new_cache = []
         for i, block in enumerate(self.blocks):
@@ -63,18 +75,21 @@ class GPT(nnx.Module):
         return self.ln_f(x_btd), (None if cache is None else new_cache)
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
-        # Tied weights: W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
+        # Tied weights (GPT-2): W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
         B, T, D = x_btd.shape
-        logits_nv = jnp.einsum("nd,vd->nv", x_btd.reshape(B * T, D), self.wte_vd[...].astype(self.dtype),
+        w_vd = self.wte_vd if self.w_unembed_vd is None else self.w_unembed_vd
+        logits_nv = jnp.einsum("nd,vd->nv", x_btd.reshape(B * T, D), w_vd[...].astype(self.dtype),
                                preferred_element_type=jnp.float32)
+        if cap := self.cfg.logit_softcap:  # Gemma 2: smooth, so gradients never vanish at the cap
+            logits_nv = cap * jnp.tanh(logits_nv / cap)
         return constrain(logits_nv.reshape(B, T, -1), ("batch", None, "act_vocab"))
 
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
-        self.ln_1 = LayerNorm(cfg)
+        self.ln_1 = norm(cfg)
         self.attn = Attention(cfg, dtype, rngs=rngs)
-        self.ln_2 = LayerNorm(cfg)
+        self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg, dtype, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
 
@@ -86,82 +101,54 @@ class Block(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Causal multi-head self-attention: softmax(QKᵀ/√K)V per head, heads projected by W_O."""
+    """Causal multi-head self-attention: softmax(QKᵀ/√K)V per head, heads projected by W_O.
+
+    With G < H key/value heads each serves H/G query heads (grouped-query attention); the
+    cache holds the G heads only.
+    """
 
     def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
-        D, H, K = cfg.n_embd, cfg.n_head, cfg.head_dim
+        D, H, G, K = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
         residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5  # GPT-2: keep the residual stream's variance flat in depth
-        self.dtype = dtype
+        self.dtype, self.rope = dtype, cfg.positions == "rope"
         self.wq_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
-        self.wk_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
-        self.wv_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
+        self.wk_dhk = normal(rngs, (D, G, K), ("embed", "heads", "head_dim"), 0.02)
+        self.wv_dhk = normal(rngs, (D, G, K), ("embed", "heads", "head_dim"), 0.02)
         self.wo_hkd = normal(rngs, (H, K, D), ("heads", "head_dim", "embed"), residual_std)
         self.bq_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
-        self.bk_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
-        self.bv_hk = constant((H, K), ("heads", "head_dim"), 0.0, cfg.bias)
+        self.bk_hk = constant((G, K), ("heads", "head_dim"), 0.0, cfg.bias)
+        self.bv_hk = constant((G, K), ("heads", "head_dim"), 0.0, cfg.bias)
         self.bo_d = constant((D,), ("embed",), 0.0, cfg.bias)
+        # QK-norm (Dehghani et al. 2023): bounded logits whatever the weights grow to.
+        self.q_norm = RMSNorm(K, "head_dim") if cfg.qk_norm else None
+        self.k_norm = RMSNorm(K, "head_dim") if cfg.qk_norm else None
 
     def __call__(self, x_btd, *, cache=None, pos=0):
-        q_bthk, k_bshk, v_bshk = self.qkv(x_btd)
+        q_bthk, k_bshk, v_bshk = self.qkv(x_btd, pos)
         if cache is not None:  # decoding: write this chunk's keys and values at pos, attend over all slots
             k_bshk, v_bshk = (jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), pos, 1)
                               for name, new in (("k", k_bshk), ("v", v_bshk)))
             cache = {"k": k_bshk, "v": v_bshk}
-        out_bthk = attention(q_bthk, k_bshk.astype(self.dtype), v_bshk.astype(self.dtype),
-                             None if cache is None else pos)
+        groups = q_bthk.shape[2] // k_bshk.shape[2]
+        k_bshk, v_bshk = (jnp.repeat(a.astype(self.dtype), groups, axis=2) if groups > 1 else a.astype(self.dtype)
+                          for a in (k_bshk, v_bshk))
+        out_bthk = attention(q_bthk, k_bshk, v_bshk, None if cache is None else pos)
         return self.out(out_bthk), cache
 
-    def qkv(self, x_btd):
-        """Queries, keys and values per head: q_bthk, k_bthk, v_bthk."""
-        return [constrain(dense(x_btd, w, b, self.dtype), BTHK)
-                for w, b in ((self.wq_dhk, self.bq_hk), (self.wk_dhk, self.bk_hk), (self.wv_dhk, self.bv_hk))]
+    def qkv(self, x_btd, pos=0):
+        """Queries, keys and values per head: q_bthk, k_bthk, v_bthk (normed and rotated if configured)."""
+        q_bthk, k_bthk, v_bthk = (
+            constrain(dense(x_btd, w, b, self.dtype), BTHK)
+            for w, b in ((self.wq_dhk, self.bq_hk), (self.wk_dhk, self.bk_hk), (self.wv_dhk, self.bv_hk)))
+        if self.q_norm is not None:
+            q_bthk, k_bthk = self.q_norm(q_bthk), self.k_norm(k_bthk)
+        if self.rope:
+            q_bthk, k_bthk = rope.rotate(q_bthk, pos), rope.rotate(k_bthk, pos)
+        return q_bthk, k_bthk, v_bthk
 
     def out(self, o_bthk):
         """The heads' outputs, concatenated and projected back to the residual stream by W_O."""
         return dense(o_bthk, self.wo_hkd, self.bo_d, self.dtype, contract=2)
-
-
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
-        D, F = cfg.n_embd, cfg.mlp_dim
-        self.dtype = dtype
-        self.w_up_df = normal(rngs, (D, F), ("embed", "mlp"), 0.02)
-        self.w_down_fd = normal(rngs, (F, D), ("mlp", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5)
-        self.b_up_f = constant((F,), ("mlp",), 0.0, cfg.bias)
-        self.b_down_d = constant((D,), ("embed",), 0.0, cfg.bias)
-
-    def __call__(self, x_btd):
-        h_btf = jax.nn.gelu(dense(x_btd, self.w_up_df, self.b_up_f, self.dtype), approximate=True)  # GPT-2's GELU
-        return dense(constrain(h_btf, ("batch", None, "act_mlp")), self.w_down_fd, self.b_down_d, self.dtype)
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, cfg: ModelConfig):
-        self.scale_d = constant((cfg.n_embd,), ("embed",), 1.0)
-        self.bias_d = constant((cfg.n_embd,), ("embed",), 0.0, cfg.bias)
-
-    def __call__(self, x_btd):
-        # Statistics in float32 whatever the compute dtype: bf16 variance is too coarse.
-        x = x_btd.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d[...]
-        return add_bias(y, self.bias_d).astype(x_btd.dtype)
-
-
-def dense(x, w: nnx.Param, b: nnx.Param | None, dtype, contract: int = 1):
-    """x·W + b: x's last `contract` axes against W's first ones, e.g. x_btd·w_dhk -> y_bthk.
-
-    Computed as one 2-D matmul over all B·T tokens: given 3-D operands, XLA:CPU transposes
-    whole activations around the backward matmuls (a 1.5x slower step, BENCHMARKS.md).
-    """
-    lead, inner = x.shape[:-contract], math.prod(w.shape[:contract])
-    y = x.reshape(-1, inner) @ w[...].reshape(inner, -1).astype(dtype)
-    return add_bias(y.reshape(*lead, *w.shape[contract:]), b)
-
-
-def add_bias(y, b: nnx.Param | None):
-    return y if b is None else y + b[...].astype(y.dtype)
 
 
 def dropout(drop: nnx.Dropout, x, rngs: nnx.Rngs | None):
@@ -182,7 +169,7 @@ def compute_dtype(name: str):
 
 
 def init_cache(cfg: ModelConfig, batch: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, cfg.n_ctx, cfg.n_head, cfg.head_dim)
+    shape = (batch, cfg.n_ctx, cfg.kv_heads, cfg.head_dim)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
 

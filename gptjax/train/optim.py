@@ -1,19 +1,23 @@
-"""The optimizer: global-norm clipping, then AdamW on a warmup + cosine schedule."""
+"""The optimizer: global-norm clipping, then AdamW, Muon or Lion on a warmup + cosine schedule."""
 
 from __future__ import annotations
 
 import jax
 import optax
+from optax.contrib import MuonDimensionNumbers, muon
 
 from gptjax.config import TrainConfig
 
+TABLES = ("wte_vd", "wpe_td", "w_unembed_vd")  # looked-up rows, not linear maps: Muon leaves them to AdamW
 
-def schedule(cfg: TrainConfig) -> optax.Schedule:
+
+def schedule(cfg: TrainConfig, peak: float | None = None) -> optax.Schedule:
+    peak = cfg.lr if peak is None else peak
     if cfg.decay_steps <= cfg.warmup_steps:  # a run shorter than its warmup (a smoke test) never decays
-        return optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+        return optax.linear_schedule(0.0, peak, cfg.warmup_steps)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-        decay_steps=cfg.decay_steps, end_value=cfg.min_lr)
+        init_value=0.0, peak_value=peak, warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.decay_steps, end_value=cfg.min_lr * peak / cfg.lr if cfg.lr else 0.0)
 
 
 def decay_mask(params):
@@ -21,9 +25,35 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def muon_dims(params):
+    """Each weight matrix as Muon's (input axes, output axes), read from its name's dimension suffix.
+
+    w_dhk maps D to (H, K) and w_hkd maps (H, K) to D: both are orthogonalised as one 2-D
+    matrix, as modded-nanogpt does with its fused projections. Tables and 1-D gains get None (AdamW).
+    """
+    def dims(path, p):
+        name = next(str(k.key) for k in reversed(path) if hasattr(k, "key"))  # past nnx's `.value`
+        if p.ndim < 2 or name in TABLES:
+            return None
+        if name.rsplit("_", 1)[-1].startswith("d"):
+            return MuonDimensionNumbers(reduction_axis=0, output_axis=tuple(range(1, p.ndim)))
+        return MuonDimensionNumbers(reduction_axis=tuple(range(p.ndim - 1)), output_axis=p.ndim - 1)
+    return jax.tree_util.tree_map_with_path(dims, params)
+
+
 def make(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
-        optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay, mask=decay_mask),
+        update_rule(cfg),
     )
+
+
+def update_rule(cfg: TrainConfig) -> optax.GradientTransformation:
+    if cfg.optimizer == "muon":
+        return muon(schedule(cfg, cfg.muon_lr), beta=cfg.beta1 if cfg.beta1 else 0.95,
+                    weight_decay=cfg.weight_decay, adam_learning_rate=schedule(cfg), adam_b1=cfg.beta1,
+                    adam_b2=cfg.beta2, adam_weight_decay=cfg.weight_decay, muon_weight_dimension_numbers=muon_dims)
+    if cfg.optimizer == "lion":
+        return optax.lion(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
+                       weight_decay=cfg.weight_decay, mask=decay_mask)
