@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from gptjax import platform
+    from gptjax import runtime
 
-    platform.configure(compilation_cache=False)  # bench times compilation: no cache hits
+    runtime.configure(compilation_cache=False)  # bench times compilation: no cache hits
     sys.exit(main(sys.argv[1:]))

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from gptjax import errors, platform
+from gptjax import errors, runtime
 
 TRAIN_DOC = """Train a GPT from a config: gptjax train [CONFIG] [section.key=value ...]
 
@@ -43,7 +43,7 @@ def train(argv: list[str]) -> int:
         args.overrides, args.config = [args.config, *args.overrides], None
 
     def run():
-        platform.configure()
+        runtime.configure()
         cfg = config.load(args.config, args.overrides)
         from gptjax import sharding  # JAX loads only after the config checks out, so a typo fails at once
         from gptjax.train import trainer
@@ -79,7 +79,7 @@ def sample(argv: list[str]) -> int:
     args = sample_parser().parse_args(argv)
 
     def run():
-        platform.configure()
+        runtime.configure()
         import jax
 
         from gptjax import api, sampling
@@ -124,6 +124,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(usage)
         return 0 if argv else 2
-    platform.configure(compilation_cache=argv[0] != "bench")  # bench times compilation: no cache hits
+    runtime.configure(compilation_cache=argv[0] != "bench")  # bench times compilation: no cache hits
     module, _, function = COMMANDS[argv[0]].partition(":")
     return getattr(importlib.import_module(module), function)(argv[1:])

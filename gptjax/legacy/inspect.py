@@ -2,9 +2,9 @@
 
 import sys
 
-from gptjax import platform
+from gptjax import runtime
 from gptjax.look.cli import main
 
 if __name__ == "__main__":
-    platform.configure()  # the compilation cache, as `gptjax inspect` has it
+    runtime.configure()  # the compilation cache, as `gptjax inspect` has it
     sys.exit(main(sys.argv[1:]))
