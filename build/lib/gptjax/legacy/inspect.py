@@ -1,8 +1,0 @@
-"""Old path of gptjax.look.cli, kept for one release: `python -m gptjax.inspect` is `gptjax inspect`."""
-
-import sys
-
-from gptjax.look.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,1 +1,0 @@
-"""Looking inside a trained model: parameters, next-token tables, attention, embeddings, the logit lens."""
