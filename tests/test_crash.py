@@ -60,7 +60,8 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
 def killed(tmp_path_factory):
     """An uninterrupted run to STEPS, and the same run killed three times on the way there and re-run."""
     tmp = tmp_path_factory.mktemp("crash")
-    seed = int(os.environ.get("GPTJAX_KILL_SEED", time.time_ns() % 10**6))
+    # Fixed kill points by default, so a failure repeats; GPTJAX_KILL_SEED=N explores others.
+    seed = int(os.environ.get("GPTJAX_KILL_SEED", 0))
     rng, why = random.Random(seed), f"(GPTJAX_KILL_SEED={seed} repeats these kill points)"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # conftest shares compiled steps between the processes
     whole, part = tmp / "whole", tmp / "part"
