@@ -201,9 +201,15 @@ class Loop:
     def first_batch_loss(self, state: TrainState) -> float:
         """Step 0's train_loss: step 0's batch at the initial parameters, as every row's is its batch's before
         the update (the contract keeps train_loss on every row; without dropout, as at evaluation)."""
-        x_abt, y_abt = train_batch(self.cfg, self.ds, 0, self.mesh)
-        return float(jnp.mean(jnp.stack([self.pieces.eval_step(state.params, x_bt, y_bt)
-                                         for x_bt, y_bt in zip(x_abt, y_abt)])))
+        t, n_ctx = self.cfg.train, self.cfg.model.n_ctx
+        starts = data.window_starts(len(self.ds.train), seed=t.seed, step=0, batch_size=t.batch_size, n_ctx=n_ctx)
+        rows = sharding.process_rows(t.micro_batch_size, self.mesh)  # placed per micro-batch: multi-host safe
+        losses = []
+        for micro in starts.reshape(t.grad_accum, t.micro_batch_size)[:, rows]:
+            x, y = data.gather(self.ds.train, micro, n_ctx)
+            losses.append(self.pieces.eval_step(state.params, sharding.put_batch(x, self.mesh),
+                                                sharding.put_batch(y, self.mesh)))
+        return float(jnp.mean(jnp.stack(losses)))
 
     def eval_losses(self, state: TrainState) -> dict[str, float]:
         """eval_train_loss and val_loss (`train_loss` is the step's own training loss), and eval_s.
