@@ -37,6 +37,9 @@ def train(argv: list[str]) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help=f"config file or preset name (default: {config.DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings, e.g. model.n_layer=4")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train N seeds together, one vmapped step for all: seed i trains with train.seed + i "
+                             "in run.out_dir/seed=i, as it would alone (default 1: just this run)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     if args.config and "=" in args.config:  # only overrides were given: use the default config
@@ -49,9 +52,16 @@ def train(argv: list[str]) -> int:
         from gptjax.train import trainer
 
         sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
-        last = trainer.train(cfg)
-        if "val_loss" in last and sharding.is_main_process():
-            print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {cfg.run.out_dir}")
+        if args.seeds == 1:
+            cfgs, rows = [cfg], [trainer.train(cfg)]
+        else:
+            from gptjax.train import seeds
+
+            cfgs = seeds.seed_configs(cfg, args.seeds)
+            rows = seeds.train(cfgs)
+        for c, last in zip(cfgs, rows):
+            if "val_loss" in last and sharding.is_main_process():
+                print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {c.run.out_dir}")
 
     return errors.run_cli(run, debug=args.debug)
 

@@ -5,11 +5,13 @@ import logging
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
 from gptjax import cli, config
 from gptjax.train import optim, trainer
+from gptjax.train.tracking import Tracker
 from tests.conftest import ROOT, run_main
 
 # The CPU preset as a user shortens it, on a model small enough to train in seconds.
@@ -90,3 +92,21 @@ def test_import_gptjax_loads_no_jax():
     code += "('jax', 'flax', 'orbax', 'omegaconf', 'tiktoken')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_long_evaluation_moves_on_the_bar_and_stays_out_of_its_step_time(tmp_path):
+    """At GPT-2's vocabulary on a CPU the step-0 evaluation takes minutes: the bar shows it batch by batch,
+    and its s/step (tqdm's clock) leaves the evaluation out, so step 1 does not read as 370 s/step."""
+    cfg = config.load("tiny", ["run.progress=true", "train.eval_batches=3", f"run.out_dir={tmp_path}"])
+    tracker = Tracker(tmp_path, cfg, 0, 10, resumed=False)
+    shown = []
+    tracker.bar.display = lambda *a, **k: shown.append(str(tracker.bar))  # what the terminal would get
+    start = tracker.bar.format_dict["elapsed"]
+    for done in range(1, 6):
+        tracker.evaluating(done, 6)
+        time.sleep(0.1)
+    tracker.evaluated()
+    tracker.advance()
+    assert [line.split(":")[0] for line in shown[:5]] == [f"eval {k}/6" for k in range(1, 6)]
+    assert tracker.bar.format_dict["elapsed"] - start < 0.25  # the half second spent evaluating is not counted
+    tracker.close()

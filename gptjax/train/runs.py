@@ -161,14 +161,19 @@ def device_memory(device) -> tuple[int, str]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM of this machine"
 
 
-def check_memory(cfg: config_lib.Config, mesh) -> None:
-    """Refuse, before anything is allocated, a run that cannot fit (a page-out or OOM kill later loses more)."""
-    state, activations = memory_needed(cfg, sharding.n_batch_shards(mesh), dict(mesh.shape).get("fsdp", 1))
+def check_memory(cfg: config_lib.Config, mesh, copies: int = 1) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit (a page-out or OOM kill later loses more).
+
+    `copies`: runs trained together (gptjax.train.seeds), each holding its own state and activations."""
+    state, activations = (copies * n for n in memory_needed(cfg, sharding.n_batch_shards(mesh),
+                                                             dict(mesh.shape).get("fsdp", 1)))
     have, what = device_memory(mesh.devices.flat[0])
     if state + activations > have:
-        raise RunError(f"this run needs about {_size(state + activations)} per device ({_size(state)} parameters "
-                       f"and optimizer state, {_size(activations)} activations), more than the {_size(have)} "
-                       f"{what}; lower train.batch_size (or raise train.grad_accum), or the model's size")
+        who, fewer = ("this run", "") if copies == 1 else (f"these {copies} seeds together", "fewer seeds, ")
+        raise RunError(f"{who} need{'s' if copies == 1 else ''} about {_size(state + activations)} per device "
+                       f"({_size(state)} parameters and optimizer state, {_size(activations)} activations), more "
+                       f"than the {_size(have)} {what}; {fewer}lower train.batch_size (or raise train.grad_accum), "
+                       f"or the model's size")
 
 
 def _size(n: int) -> str:

@@ -30,19 +30,25 @@ class Pieces:
     eval_step: object
 
 
-def build(cfg: Config, mesh) -> Pieces:
+def build(cfg: Config, mesh, stacked: int = 0) -> Pieces:
+    """The run's pieces; with `stacked` = N, for N runs' states stacked on a new leading axis, which stays
+    whole on every device (each run is laid out as it would be alone), and steps vmapped over it."""
     graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
     tx = optim.make(cfg.train)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = sharding.NamedSharding(mesh, sharding.P())
     shardings = TrainState(replicated, sharding.tree_shardings(abstract_params, mesh),
                            sharding.tree_shardings(abstract_opt, mesh), replicated)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt,
-                                       jax.ShapeDtypeStruct((2,), jnp.uint32)), shardings)
+    abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt,
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+    if stacked:
+        shardings = jax.tree.map(lambda s: sharding.NamedSharding(s.mesh, sharding.P(None, *s.spec)), shardings)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((stacked, *a.shape), a.dtype), abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return Pieces(graphdef, shardings, abstract, tx,
                   jit_train_step(graphdef, tx, optim.schedule(cfg.train), shardings, mesh,
-                                 skip_nonfinite=cfg.train.on_nonfinite == "skip"), jit_eval_step(graphdef, mesh))
+                                 skip_nonfinite=cfg.train.on_nonfinite == "skip", stacked=bool(stacked)),
+                  jit_eval_step(graphdef, mesh, stacked=bool(stacked)))
 
 
 def init_state(cfg: Config, pieces: Pieces, params: nnx.State | None = None) -> TrainState:

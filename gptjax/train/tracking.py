@@ -83,6 +83,17 @@ class Tracker:
         if self.active:
             (self.bar.write if self.bar is not None else print)(text)
 
+    def evaluating(self, done: int, total: int) -> None:
+        """Shown on the bar while an evaluation runs, so a long one (a large vocabulary on a CPU) is seen moving."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"eval {done}/{total}")
+
+    def evaluated(self) -> None:
+        """After an evaluation: the bar's clock skips it, so its s/step stays the training steps' own."""
+        if self.bar is not None:
+            self.bar.set_description_str("", refresh=False)
+            self.bar.unpause()
+
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)

@@ -1,0 +1,246 @@
+"""The training loop: steps from a state to train.steps; log, evaluate, checkpoint, and act on non-finite steps.
+
+Every step is checked for a non-finite loss, gradient or parameter. The flags stay on the
+device until a log or checkpoint step reads them all at once, so the host never waits on
+the device just to check; the step named is still the one where the problem appeared,
+and a checkpoint is only written after every step before it has been checked.
+
+`Loop` drives one run. What depends on how many runs one state holds (batches, log lines,
+saves, restores) sits in the small methods a subclass overrides: gptjax.train.seeds trains
+the seeds of a run together with the same loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import data, sharding
+from gptjax.config import Config
+from gptjax.errors import UserError
+from gptjax.train import optim
+from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.state import Pieces, init_state, restore_state, save
+from gptjax.train.step import TrainState
+from gptjax.train.stopping import Interrupted, StopRequests
+from gptjax.train.tracking import Clock, Tracker
+
+
+class TrainingError(UserError):
+    """Training cannot go on as configured (a non-finite loss or gradient); the message names the step."""
+
+
+def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params, report=None) -> dict[str, float]:
+    """Mean loss over fixed batches of each split: the same batches at every evaluation.
+
+    report(done, total) hears of each batch as it finishes, one behind the one being dispatched
+    so the device always has the next: at a large vocabulary on a CPU an evaluation takes minutes.
+    """
+    out = {}
+    rows = sharding.process_rows(cfg.train.micro_batch_size, mesh)
+    n = cfg.train.eval_batches
+    for k, split in enumerate(("train", "val")):
+        tokens = ds.split(split)
+        losses = []
+        for i in range(n):
+            x, y = eval_batch(cfg, tokens, i, rows)
+            losses.append(eval_step(params, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)))
+            if report and i:
+                losses[-2].block_until_ready()
+                report(k * n + i, 2 * n)
+        out[f"{split}_loss"] = float(jnp.mean(jnp.stack(losses)))
+    return out
+
+
+def eval_batch(cfg: Config, tokens, i: int, rows=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation batch i of a split (this process's `rows`): fixed windows, the same at every evaluation."""
+    starts = data.window_starts(len(tokens), seed=cfg.train.seed, step=i, stream=data.EVAL_STREAM,
+                                batch_size=cfg.train.micro_batch_size, n_ctx=cfg.model.n_ctx)[rows]
+    return data.gather(tokens, starts, cfg.model.n_ctx)
+
+
+def local_batch(cfg: Config, ds: data.Dataset, step: int, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Step `step`'s batch as [grad_accum, micro_batch, n_ctx] host arrays, this process's rows only."""
+    t = cfg.train
+    starts = data.window_starts(len(ds.train), seed=t.seed, step=step, batch_size=t.batch_size, n_ctx=cfg.model.n_ctx)
+    starts = starts.reshape(t.grad_accum, t.micro_batch_size)[:, sharding.process_rows(t.micro_batch_size, mesh)]
+    return data.gather(ds.train, starts, cfg.model.n_ctx)
+
+
+def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
+    """Step `step`'s batch as [grad_accum, micro_batch, n_ctx] global arrays."""
+    x, y = local_batch(cfg, ds, step, mesh)
+    return sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)
+
+
+class Loop:
+    """Steps from a state to cfg.train.steps: log, evaluate, checkpoint, and act on non-finite steps."""
+
+    def __init__(self, cfg: Config, ds: data.Dataset, mesh, pieces: Pieces, ckpts: Checkpoints, tracker: Tracker,
+                 stop: StopRequests | None = None):
+        self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
+        self.stop = stop or StopRequests()
+        self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag(s) on device) not read yet
+        self.rolled_back: set[int] = set()  # bad steps already retried once
+        self.skipped = 0  # updates skipped since the last log line
+        self.skipped_in_a_row = 0
+        self.clock = Clock()
+
+    def run(self, state: TrainState, start: int):
+        t, last = self.cfg.train, {}
+        if start == 0:  # the untrained model, keyed as on every eval step
+            last = self.log_start(state)
+        elif start >= t.steps:
+            self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
+        step = start
+        self.clock.restart()
+        while step < t.steps:
+            state, metrics = self.pieces.train_step(state, *self.batch(step))
+            step += 1
+            self.pending.append((step, metrics.pop("finite")))
+            self.tracker.advance()
+            self.clock.tick(state, first=step == start + 1)
+            is_eval = step % t.eval_every == 0 or step == t.steps
+            is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
+            stopping = self.stop.signum is not None  # read once: a signal may land mid-iteration
+            is_save = is_save or stopping
+            if not (is_log or is_save):
+                continue
+            state, back = self.check(state, step)
+            if back is not None:  # rolled back: train those steps again
+                step = back
+                self.clock.restart()
+                continue
+            if is_log:  # before the save: a kill between the two drops this line on resume
+                last = self.log(state, step, metrics, is_eval)
+            if is_save:
+                self.save(state, step, last)
+            if stopping:
+                self.interrupted(step)
+        if self.stop.signum is not None:  # the signal came after the last step: it is saved
+            self.interrupted(step)
+        return last
+
+    # -- what depends on the runs one state holds (gptjax.train.seeds overrides these) --
+
+    def batch(self, step: int):
+        return train_batch(self.cfg, self.ds, step, self.mesh)
+
+    def log_start(self, state: TrainState) -> dict:
+        row = {"step": 0, "train_loss": self.first_batch_loss(state), "lr": float(optim.schedule(self.cfg.train)(0)),
+               **self.eval_losses(state)}
+        self.tracker.log(0, row)
+        return row
+
+    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
+        row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
+               **self.clock.read(self.cfg.tokens_per_step)}
+        row |= self.eval_row(state, step) if is_eval else {}
+        row |= {"skipped_steps": int(self.skipped)} if self.skipped else {}
+        self.skipped = 0
+        self.tracker.log(step, row)
+        return row
+
+    def save(self, state: TrainState, step: int, last: dict) -> None:
+        save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
+
+    def newest_checkpoint(self) -> int | None:
+        """The newest checkpoint's step, once every save in flight is written."""
+        self.ckpts.manager.wait_until_finished()
+        return self.ckpts.latest_step()
+
+    def restart_from(self, step: int | None) -> TrainState:
+        """The state at checkpoint `step` (None: a fresh start), with the metrics after it dropped."""
+        self.tracker.rewind(step or 0)
+        return restore_state(self.ckpts, step, self.pieces) if step else init_state(self.cfg, self.pieces)
+
+    # ---------------------------------------------------------------------------
+
+    def interrupted(self, step: int):
+        newest = self.newest_checkpoint()
+        where = (f"saved step {newest}; re-run the same command to resume from step {newest}" if newest
+                 else "nothing was saved; re-run the same command to start again")
+        raise Interrupted(where, self.stop.signum)
+
+    def first_batch_loss(self, state: TrainState) -> float:
+        """Step 0's train_loss: step 0's batch at the initial parameters, as every row's is its batch's before
+        the update (the contract keeps train_loss on every row; without dropout, as at evaluation)."""
+        t, n_ctx = self.cfg.train, self.cfg.model.n_ctx
+        starts = data.window_starts(len(self.ds.train), seed=t.seed, step=0, batch_size=t.batch_size, n_ctx=n_ctx)
+        rows = sharding.process_rows(t.micro_batch_size, self.mesh)  # placed per micro-batch: multi-host safe
+        losses = []
+        for micro in starts.reshape(t.grad_accum, t.micro_batch_size)[:, rows]:
+            x, y = data.gather(self.ds.train, micro, n_ctx)
+            losses.append(self.pieces.eval_step(state.params, sharding.put_batch(x, self.mesh),
+                                                sharding.put_batch(y, self.mesh)))
+        return float(jnp.mean(jnp.stack(losses)))
+
+    def eval_losses(self, state: TrainState) -> dict[str, float]:
+        """eval_train_loss and val_loss (`train_loss` is the step's own training loss), and eval_s.
+
+        The clock restarts after it, so tokens_per_sec counts training alone: at a large vocabulary
+        an evaluation can take longer than the steps between two of them.
+        """
+        start = time.perf_counter()
+        losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params, self.tracker.evaluating)
+        self.tracker.evaluated()
+        self.clock.restart()
+        return {**{k.replace("train_loss", "eval_train_loss"): v for k, v in losses.items()},
+                "eval_s": time.perf_counter() - start}
+
+    def eval_row(self, state: TrainState, step: int) -> dict[str, float]:
+        row = self.eval_losses(state)
+        self.tracker.message(f"step {step}: train loss {row['eval_train_loss']:.4f}, val loss {row['val_loss']:.4f}")
+        return row
+
+    def check(self, state: TrainState, step: int) -> tuple[TrainState, int | None]:
+        """Read the pending finite flags; on a bad step act as train.on_nonfinite says.
+
+        Returns the state to go on with and, after a rollback, the step it is at. A step is bad
+        when any run the state holds went non-finite at it.
+        """
+        flags = np.asarray(jax.device_get([flag for _, flag in self.pending])).reshape(len(self.pending), -1)
+        bad = [s for (s, _), ok in zip(self.pending, flags.all(axis=1)) if not ok]
+        self.pending = []
+        self.skipped_in_a_row = _in_a_row(flags.all(axis=1), self.skipped_in_a_row)
+        if not bad:
+            return state, None
+        mode = self.cfg.train.on_nonfinite
+        what = f"non-finite loss or gradients at step {bad[0]}" + (
+            f" (and {len(bad) - 1} more steps up to {bad[-1]})" if len(bad) > 1 else "") + self.which(flags)
+        if mode == "skip" and self.skipped_in_a_row > self.cfg.train.max_skips:
+            newest = self.newest_checkpoint()
+            kept = f"the newest checkpoint is step {newest}" if newest else "no checkpoint was saved"
+            raise TrainingError(f"{self.skipped_in_a_row} updates in a row skipped up to step {bad[-1]} "
+                                f"(train.max_skips={self.cfg.train.max_skips}); training stopped and {kept}; "
+                                f"lower train.lr or raise train.warmup_steps")
+        if mode == "skip":  # the jitted step already kept the old state for these steps
+            self.skipped = self.skipped + (~flags).sum(axis=0).squeeze()
+            plural = "s" if len(bad) > 1 else ""
+            self.tracker.message(f"warning: {what}; update{plural} skipped (train.on_nonfinite=skip)")
+            return state, None
+        newest = self.newest_checkpoint()
+        if mode == "rollback" and bad[0] not in self.rolled_back:
+            self.rolled_back.add(bad[0])
+            state = self.restart_from(newest)
+            self.tracker.message(f"warning: {what}; rolling back to step {newest or 0} (train.on_nonfinite=rollback)")
+            return state, newest or 0
+        again = f" again after rolling back to step {newest or 0}" if mode == "rollback" else ""
+        kept = f"the newest checkpoint is step {newest}, from before it" if newest else "no checkpoint was saved"
+        raise TrainingError(f"{what}{again}; training stopped and {kept}; lower train.lr, raise "
+                            f"train.warmup_steps, or set train.on_nonfinite=skip")
+
+    def which(self, flags: np.ndarray) -> str:
+        """Which of the state's runs went non-finite, for the message (one run: nothing to say)."""
+        return ""
+
+
+def _in_a_row(flags, before: int) -> int:
+    """Non-finite steps at the end of `flags` (continuing `before` if all of them are)."""
+    run = before
+    for ok in flags:
+        run = 0 if ok else run + 1
+    return run

@@ -1,0 +1,187 @@
+"""Seeds in one program: the seeds of a run trained together, one jitted step vmapped over their states.
+
+    gptjax train CONFIG --seeds N        (seed i: train.seed + i, in OUT_DIR/seed=i)
+    gptjax sweep ... --seeds N           (each point's seeds, together)
+
+Seed i trains exactly as it would alone, with its own initial parameters, dropout keys and data
+order (each seed's batches are its own), and writes its own ordinary run directory: sample.py,
+train.py and the sweep report read it as any other. The N states are stacked on a new leading
+axis and one `jax.vmap`ped step updates them all: on a small model a step is mostly per-op
+overhead and matrices too small to keep the cores busy, so N seeds cost far less than N runs.
+
+A stack trains from a common step: all new, or all resumed from the same checkpoint step (the
+seeds save together, so an interrupted stack resumes as one). Seeds at different steps (one
+trained alone, say) train one after another instead, as separate runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import data, sharding
+from gptjax.config import Config, ConfigError
+from gptjax.train import optim, runs, trainer
+from gptjax.train.loop import Loop, eval_batch, local_batch
+from gptjax.train.state import Pieces, build, init_state, restore_state, save
+from gptjax.train.step import TrainState
+
+SEED_DIR = "seed={}"
+
+
+def seed_configs(cfg: Config, n: int) -> list[Config]:
+    """The n seeds of cfg: seed i trains with train.seed + i in run.out_dir/seed=i."""
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--seeds must be a positive integer, got {n!r}")
+    out = Path(cfg.run.out_dir)
+    return [cfg.replace(train={"seed": cfg.train.seed + i}, run={"out_dir": str(out / SEED_DIR.format(i))})
+            for i in range(n)]
+
+
+def train(cfgs: list[Config]) -> list[dict]:
+    """Train runs that differ only in train.seed and run.* together; returns each one's last logged row."""
+    if len(cfgs) == 1:
+        return [trainer.train(cfgs[0])]
+    _check_seeds_only(cfgs)
+    with contextlib.ExitStack() as closing:
+        cfg, source = trainer.open_source(cfgs[0])
+        cfg, ds, mesh = trainer.setup(cfg)
+        # Every seed as setup resolved the first (n_vocab from the data, a fine-tune's model shape).
+        cfgs = [cfg.replace(train={"seed": c.train.seed}, run=c.to_dict()["run"]) for c in cfgs]
+        if source:
+            source.check_tokenizer(ds.tokenizer)
+        for c in cfgs:
+            runs.check_run_dir(c, ds)
+        runs.check_memory(cfg, mesh, copies=len(cfgs))
+        single = build(cfg, mesh)
+        opened = [trainer.open_run(c, ds, single, source, closing, progress=i == 0) for i, c in enumerate(cfgs)]
+        starts = sorted({r.start for r in opened})
+        if len(starts) == 1:
+            loop = Stack(cfgs, ds, mesh, single, build(cfg, mesh, stacked=len(cfgs)), opened)
+            with trainer.stop_requests() as loop.stop:
+                last = loop.run(loop.stack([r.state for r in opened]), starts[0])
+            return last if isinstance(last, list) else [{} for _ in cfgs]
+        opened[0].tracker.message(f"the seeds' checkpoints are at different steps ({', '.join(map(str, starts))}): "
+                                  f"training them one after another")
+    return [trainer.train(c) for c in cfgs]
+
+
+def _check_seeds_only(cfgs: list[Config]) -> None:
+    first = cfgs[0].to_dict()
+    for c in cfgs[1:]:
+        d = c.to_dict()
+        for section in first:
+            for key in first[section]:
+                if section != "run" and (section, key) != ("train", "seed") and d[section][key] != first[section][key]:
+                    raise ConfigError(f"runs trained together may differ only in train.seed and run.*, "
+                                      f"not {section}.{key} ({first[section][key]!r} vs {d[section][key]!r})")
+
+
+class Stack(Loop):
+    """The loop over N runs' states stacked on a leading axis: rows, evaluations and checkpoints per run.
+
+    A step is bad when any seed went non-finite at it; on_nonfinite=skip keeps only the bad seeds' old
+    state (in the step), rollback takes every seed back to their common checkpoint, which replays the
+    good seeds' steps exactly. tokens_per_sec is each seed's own rate (the stack trains N times as many).
+    """
+
+    def __init__(self, cfgs: list[Config], ds: data.Dataset, mesh, single: Pieces, stacked: Pieces,
+                 opened: list[trainer.OpenRun]):
+        super().__init__(cfgs[0], ds, mesh, stacked, opened[0].ckpts, opened[0].tracker)
+        self.cfgs, self.single, self.opened = cfgs, single, opened
+        self.stack = jax.jit(lambda states: jax.tree.map(lambda *a: jnp.stack(a), *states),
+                             out_shardings=stacked.state_shardings)
+        self.take = jax.jit(lambda state, i: jax.tree.map(lambda a: a[i], state),
+                            out_shardings=single.state_shardings)
+
+    def batches(self, make) -> tuple[jax.Array, jax.Array]:
+        """Each seed's (x, y) from make(cfg), stacked and placed: [N, ..., rows, time]."""
+        xs, ys = zip(*(make(c) for c in self.cfgs))
+        return sharding.put_batch(np.stack(xs), self.mesh), sharding.put_batch(np.stack(ys), self.mesh)
+
+    def batch(self, step: int):
+        return self.batches(lambda c: local_batch(c, self.ds, step, self.mesh))
+
+    def losses(self, params, n: int, make, shown: tuple[int, int] | None = None) -> np.ndarray:
+        """Each seed's mean eval loss over n stacked batches make(cfg, i): [N]. With `shown` = (done before,
+        total), each finished batch moves the bar, as in loop.evaluate."""
+        per = []
+        for i in range(n):
+            per.append(self.pieces.eval_step(params, *self.batches(functools.partial(make, i=i))))
+            if shown and i:
+                per[-2].block_until_ready()
+                self.tracker.evaluating(shown[0] + i, shown[1])
+        return np.asarray(jax.device_get(jnp.mean(jnp.stack(per), axis=0)))
+
+    def log_start(self, state: TrainState) -> list[dict]:
+        t, n_ctx = self.cfg.train, self.cfg.model.n_ctx
+        rows_here = sharding.process_rows(t.micro_batch_size, self.mesh)
+
+        def micro(c: Config, i: int):  # step 0's micro-batch i, as Loop.first_batch_loss
+            starts = data.window_starts(len(self.ds.train), seed=c.train.seed, step=0, batch_size=t.batch_size,
+                                        n_ctx=n_ctx).reshape(t.grad_accum, t.micro_batch_size)[i, rows_here]
+            return data.gather(self.ds.train, starts, n_ctx)
+        first = self.losses(state.params, t.grad_accum, micro)
+        evals, lr = self.eval_rows(state, None), float(optim.schedule(t)(0))
+        return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **e} for loss, e in zip(first, evals)])
+
+    def eval_rows(self, state: TrainState, step: int | None) -> list[dict]:
+        """Each seed's evaluation on its own fixed batches, as Loop.eval_losses (step None: step 0, unannounced)."""
+        start, rows_here = time.perf_counter(), sharding.process_rows(self.cfg.train.micro_batch_size, self.mesh)
+        n = self.cfg.train.eval_batches
+        out = {split: self.losses(state.params, n, functools.partial(eval_batch, tokens=self.ds.split(split),
+                                                                     rows=rows_here), shown=(k * n, 2 * n))
+               for k, split in enumerate(("train", "val"))}
+        self.tracker.evaluated()
+        self.clock.restart()
+        seconds = time.perf_counter() - start
+        if step is not None:
+            vals = " / ".join(f"{v:.4f}" for v in out["val"])
+            self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
+        return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_s": seconds}
+                for tr, va in zip(out["train"], out["val"])]
+
+    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> list[dict]:
+        values, clock = jax.device_get(metrics), self.clock.read(self.cfg.tokens_per_step)
+        evals = self.eval_rows(state, step) if is_eval else [{} for _ in self.cfgs]
+        skipped = np.broadcast_to(self.skipped, len(self.cfgs))
+        self.skipped = 0
+        return self.write(step, [{"step": step, **{k: float(v[i]) for k, v in values.items()}, **clock, **evals[i],
+                                  **({"skipped_steps": int(skipped[i])} if skipped[i] else {})}
+                                 for i in range(len(self.cfgs))])
+
+    def write(self, step: int, rows: list[dict]) -> list[dict]:
+        for run, row in zip(self.opened, rows):
+            run.tracker.log(step, row)
+        return rows
+
+    def save(self, state: TrainState, step: int, last) -> None:
+        for i, (c, run) in enumerate(zip(self.cfgs, self.opened)):
+            row = last[i] if isinstance(last, list) and last[i].get("step") == step else {}
+            save(run.ckpts, c, self.take(state, i), step, row)
+
+    def newest_checkpoint(self) -> int | None:
+        steps = []
+        for run in self.opened:
+            run.ckpts.manager.wait_until_finished()
+            steps.append(run.ckpts.latest_step())
+        return None if None in steps else min(steps)
+
+    def restart_from(self, step: int | None) -> TrainState:
+        for run in self.opened:
+            run.tracker.rewind(step or 0)
+        return self.stack([restore_state(run.ckpts, step, self.single) if step else init_state(c, self.single)
+                           for c, run in zip(self.cfgs, self.opened)])
+
+    def which(self, flags: np.ndarray) -> str:
+        bad = [i for i in range(flags.shape[1]) if not flags[:, i].all()]
+        return f" in seed {', '.join(Path(self.cfgs[i].run.out_dir).name for i in bad)}"
+
+    def names(self) -> str:
+        return ", ".join(str(c.train.seed) for c in self.cfgs)

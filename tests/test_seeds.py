@@ -1,0 +1,80 @@
+"""Seeds in one program: each seed of a vmapped stack trains as its own separate run would."""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax import api, config
+from gptjax.train import seeds, trainer
+from gptjax.train.tracking import read_metrics
+
+from .conftest import run_script
+
+# Dropout on, so each seed's own dropout keys count; grad_accum 2, so each seed's micro-batches do.
+COMMON = ["model.dropout=0.1", "train.grad_accum=2", "train.eval_every=4", "train.log_every=2",
+          "train.lr_decay_steps=8", "train.warmup_steps=2"]
+CURVES = ("train_loss", "grad_norm", "lr", "eval_train_loss", "val_loss")
+
+
+def curves(run_dir) -> dict[int, dict]:
+    return {row["step"]: {k: row[k] for k in CURVES if k in row} for row in read_metrics(run_dir)}
+
+
+@pytest.fixture(scope="module")
+def separate(tmp_path_factory):
+    """Seeds 5, 6, 7 trained one by one, as ordinary runs, to step 8."""
+    out = tmp_path_factory.mktemp("separate")
+    for seed in (5, 6, 7):
+        trainer.train(config.load("tiny", [*COMMON, "train.steps=8", f"train.seed={seed}", f"run.out_dir={out / str(seed)}"]))
+    return out
+
+
+def assert_same(stacked: dict, alone: dict, what) -> None:
+    assert stacked.keys() == alone.keys(), what
+    for step in alone:
+        assert stacked[step].keys() == alone[step].keys(), (what, step)
+        for key, value in alone[step].items():
+            assert stacked[step][key] == pytest.approx(value, abs=1e-5, rel=1e-5), (what, step, key)
+
+
+def test_stacked_seeds_equal_separate_runs_through_a_resume(separate, tmp_path):
+    """Trained together to step 4, then resumed together to step 8: every logged number of each seed
+    equals its separate run's to 1e-5, and so do its final parameters."""
+    base = config.load("tiny", [*COMMON, "train.seed=5", f"run.out_dir={tmp_path}"])
+    cfgs = seeds.seed_configs(base.replace(train={"steps": 4}), 3)
+    assert [c.train.seed for c in cfgs] == [5, 6, 7]
+    seeds.train(cfgs)
+    assert all(max(curves(c.run.out_dir)) == 4 for c in cfgs)
+    last = seeds.train(seeds.seed_configs(base.replace(train={"steps": 8}), 3))
+    assert [row["step"] for row in last] == [8, 8, 8]
+    for i, seed in enumerate((5, 6, 7)):
+        alone = curves(separate / str(seed))
+        assert alone.keys() == {0, 2, 4, 6, 8}
+        assert_same(curves(tmp_path / f"seed={i}"), alone, seed)
+        mine, theirs = api.load_run(tmp_path / f"seed={i}").params, api.load_run(separate / str(seed)).params
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    # The seeds really differ: a stack that trained one seed N times would pass the rest of this test for seed 5.
+    assert curves(tmp_path / "seed=0")[8]["val_loss"] != curves(tmp_path / "seed=1")[8]["val_loss"]
+
+
+def test_seeds_from_the_command_line_write_ordinary_runs(separate, tmp_path):
+    """`train.py --seeds 2` writes OUT/seed=0 and OUT/seed=1, ordinary runs sample.py reads. A seed already
+    at another step (here: a separate run's copy, trained to the end) makes the seeds train one by one."""
+    shutil.copytree(separate / "5", tmp_path / "seed=0")
+    done = run_script("train.py", "tiny", *COMMON, "train.steps=8", "train.seed=5", f"run.out_dir={tmp_path}",
+                      "--seeds", "2")
+    assert done.returncode == 0, done.stderr
+    assert "at different steps (0, 8): training them one after another" in done.stdout + done.stderr
+    assert f"{tmp_path / 'seed=0'} is already trained to step 8" in done.stdout
+    assert [line.split("run dir ")[1] for line in done.stdout.splitlines() if line.startswith("done:")] == [
+        str(tmp_path / "seed=1")]
+    assert_same(curves(tmp_path / "seed=1"), curves(separate / "6"), "seed=1")
+    text = run_script("sample.py", tmp_path / "seed=1", "--max-new-tokens", "5")
+    assert text.returncode == 0 and text.stdout.strip(), text.stderr
+    bad = run_script("train.py", "tiny", f"run.out_dir={tmp_path / 'none'}", "--seeds", "0")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --seeds must be a positive integer, got 0")
+    assert not (tmp_path / "none").exists()
