@@ -54,10 +54,12 @@ def test_sweep_trains_the_valid_points_and_reports_the_invalid(swept):
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == VALID
     assert "Skipped n_head=3,n_layer=1: model.n_embd=32 is not divisible" in (out / "results.md").read_text()
     progress = [line for line in stdout.splitlines() if line.startswith("[")]
-    assert [line.split("]")[0] for line in progress] == [f"[{k}/8" for k in range(1, 9)]
-    assert progress[0].startswith("[1/8] n_head=2,n_layer=1 seed=0 (train.seed=1337): resuming from step 3, "
-                                  "7 more to train after it, ETA")
-    assert "[8/8] n_head=4,n_layer=2 seed=1 (train.seed=1338): training, 0 more to train after it, ETA " in stdout
+    # Each point's two seeds train together; the first point's are at different steps (3 and 0).
+    assert [line.split("]")[0] for line in progress] == [f"[{k}-{k + 1}/8" for k in range(1, 9, 2)]
+    assert progress[0].startswith("[1-2/8] n_head=2,n_layer=1 seeds 0-1 together (train.seed=1337-1338): "
+                                  "resuming from steps 3, 0, 6 more to train after it, ETA")
+    assert ("[7-8/8] n_head=4,n_layer=2 seeds 0-1 together (train.seed=1337-1338): training, 0 more to train "
+            "after it, ETA ") in stdout
 
 
 def test_runs_are_ordinary_run_directories_with_seeds_and_wandb_group(swept):
@@ -218,3 +220,28 @@ def test_welch_matches_the_closed_form_at_df_4():
     assert p == pytest.approx(1 - math.sqrt(x) * (3 - x) / 2, rel=1e-10)
     # No spread at all: equal means are certainly equal, different ones certainly different.
     assert stats.welch([1.0, 1.0], [2.0, 2.0])[2] == 0.0 and stats.welch([1.0, 1.0], [1.0, 1.0])[2] == 1.0
+
+
+def test_one_at_a_time_trains_the_base_and_each_knob_alone_and_tests_each_against_the_base(tmp_path):
+    """--one-at-a-time: the base, then each value alone on it; a value equal to the base's is the base, not a
+    point; the report has Welch's p of each point against the base, matching the runs' own losses."""
+    out = tmp_path / "knobs"
+    settings = [word for item in SETTINGS for word in ("--set", item)]
+    result = run_main(sweep.main, ["tiny", "model.mlp=relu2", "model.norm=rmsnorm,layernorm", "train.lr=3e-3",
+                                   *settings, "--seeds", "2", "--one-at-a-time", "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "base", "mlp=relu2", "norm=rmsnorm"]  # norm=layernorm and lr=3e-3 are the tiny preset's own
+    cfgs = {name: config.from_dict(yaml.safe_load((out / name / "seed=1" / "config.yaml").read_text()))
+            for name in ("base", "mlp=relu2", "norm=rmsnorm")}
+    assert (cfgs["base"].model.mlp, cfgs["base"].model.norm) == ("gelu", "layernorm")
+    assert (cfgs["mlp=relu2"].model.mlp, cfgs["mlp=relu2"].model.norm) == ("relu2", "layernorm")
+    assert (cfgs["norm=rmsnorm"].model.mlp, cfgs["norm=rmsnorm"].model.norm) == ("gelu", "rmsnorm")
+    rows = {r["point"]: r for r in csv.DictReader((out / "results.csv").open())}
+    best = {name: [min(r["val_loss"] for r in read_metrics(d) if "val_loss" in r) for d in seed_dirs(out, name)]
+            for name in rows}
+    for name in ("mlp=relu2", "norm=rmsnorm"):
+        assert float(rows[name]["p_vs_base"]) == pytest.approx(stats.welch(best[name], best["base"])[2])
+    assert rows["base"]["p_vs_base"] == ""
+    assert "| point | mlp | norm |" in (out / "results.md").read_text() and "p vs base" in (out / "results.md").read_text()
+    assert "no heatmap.png: a one-at-a-time sweep varies one key per point, not a grid" in result.stdout

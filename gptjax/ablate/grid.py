@@ -27,7 +27,8 @@ MATCH_TOLERANCE = 0.05  # --match params: the largest relative gap to the base's
 SWEEP_DIR = Path("runs") / "sweeps"
 SWEEP_FILE = "sweep.json"       # in the sweep directory: the plan (axes, points, invalid ones and why)
 WALL_FILE = "wall_time.json"    # in each run directory: seconds spent training it, summed over resumes
-FILE_KEYS = {"base", "grid", "set", "seeds", "match", "out"}
+FILE_KEYS = {"base", "grid", "set", "seeds", "match", "out", "vary"}
+VARIES = ("grid", "one")  # every combination of the axes' values | the base, and each value alone on it
 UNSWEPT = {"run.out_dir": "the sweep sets it per point", "train.seed": "use --seeds N (seed i = train.seed + i)"}
 
 
@@ -39,6 +40,7 @@ class Spec:
     seeds: int = 1
     match: str | None = None               # "params": choose n_embd so the parameter count stays the base's
     out: str = ""                          # the sweep directory
+    vary: str = "grid"                     # one of VARIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,22 +97,34 @@ def read_sweep_file(path: Path) -> Spec:
         raise ConfigError(f"sweep file {path} needs base: CONFIG and grid: {{section.key: [values]}} (set: optional)")
     axes = {check_key(k): v if isinstance(v, list) else [v] for k, v in grid.items()}
     return Spec(raw["base"], axes, {check_key(k): v for k, v in fixed.items()}, raw.get("seeds", 1),
-                raw.get("match"), raw.get("out") or str(SWEEP_DIR / path.stem))
+                raw.get("match"), raw.get("out") or str(SWEEP_DIR / path.stem), raw.get("vary", "grid"))
 
 
-def make_spec(target: str, items: list[str], seeds: int | None, out: str | None, match: str | None) -> Spec:
-    """The sweep from a sweep file or a base config, with command-line items and flags on top."""
+def make_spec(target: str, items: list[str], seeds: int | None, out: str | None, match: str | None,
+              vary: str | None = None, settings: tuple[str, ...] = ()) -> Spec:
+    """The sweep from a sweep file or a base config, with command-line items and flags on top.
+
+    `settings` (--set) are one value for every point; one-at-a-time sweeps need them, since there a
+    single value is a point of its own."""
     path = is_sweep_file(target)
     spec = read_sweep_file(path) if path else Spec(target, {}, {})
+    vary = vary or spec.vary
+    if vary not in VARIES:
+        raise ConfigError(f"vary must be one of {', '.join(VARIES)}, got {vary!r}")
     axes, fixed = dict(spec.axes), dict(spec.fixed)
     for key, values in map(parse_item, items):  # the command line wins over the file
         fixed.pop(key, None)
         axes[key] = values
-    for key in [k for k, v in axes.items() if len(v) == 1]:  # one value is a setting, not an axis
+    for key in [k for k, v in axes.items() if len(v) == 1 and vary == "grid"]:  # one value: a setting, not an axis
         fixed[key] = axes.pop(key)[0]
+    for key, values in map(parse_item, settings):
+        if len(values) != 1:
+            raise ConfigError(f"--set {key}= takes one value, not {len(values)}; sweep a key without --set")
+        axes.pop(key, None)
+        fixed[key] = values[0]
     default_out = SWEEP_DIR / "-".join([Path(target).stem, *(k.split(".")[1] for k in axes)])
     spec = Spec(spec.base, axes, fixed, spec.seeds if seeds is None else seeds, match or spec.match,
-                out or spec.out or str(default_out))
+                out or spec.out or str(default_out), vary)
     if not isinstance(spec.seeds, int) or spec.seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {spec.seeds!r}")
     if spec.match not in (None, *MATCHES):
@@ -177,8 +191,7 @@ def plan(spec: Spec, with_vocab: Callable[[Config], Config]) -> list[Point]:
     base = _matched_base(spec, fixed) if spec.match == "params" else None
     target = with_vocab(base).model.n_params if base else 0
     points = []
-    for combo in itertools.product(*spec.axes.values()):
-        values = dict(zip(spec.axes, combo))
+    for values in combinations(spec, fixed):
         # Under --match, n_embd = n_head is a placeholder that always divides; _match replaces it.
         width = [f"model.n_embd={values.get('model.n_head', base.model.n_head)}"] if base else []
         try:
@@ -192,6 +205,21 @@ def plan(spec: Spec, with_vocab: Callable[[Config], Config]) -> list[Point]:
         raise ConfigError("two points of the grid get the same directory name; make the swept values differ "
                           "in letters, digits or . _ + -")
     return points
+
+
+def combinations(spec: Spec, fixed: list[str]) -> list[dict[str, Any]]:
+    """Each point's swept values: every combination (vary: grid), or the base ({}) and then each value
+    that differs from the base's, alone (vary: one), as a one-at-a-time ablation of knobs."""
+    if spec.vary == "grid":
+        return [dict(zip(spec.axes, combo)) for combo in itertools.product(*spec.axes.values())]
+
+    def is_base(key: str, value) -> bool:  # as the config reads it: 1e-3 is 0.001
+        try:
+            return value_of(config.load(spec.base, [*fixed, *overrides({key: value})]), key) == \
+                value_of(config.load(spec.base, fixed), key)
+        except ConfigError:
+            return False  # an invalid point: plan says why
+    return [{}, *({key: v} for key, values in spec.axes.items() for v in values if not is_base(key, v))]
 
 
 def _matched_base(spec: Spec, fixed: list[str]) -> Config:

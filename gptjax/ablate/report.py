@@ -1,6 +1,7 @@
 """Comparing runs: one row per point (mean ± std over seeds) in results.csv and results.md, sorted by
 best val loss; curves.png (val loss against tokens seen); heatmap.png (best val loss over two swept
-axes); Welch's t-test of the best point against the runner-up.
+axes); Welch's t-test of the best point against the runner-up, and of each point against the base
+in a one-at-a-time sweep.
 
 Works on a sweep directory or on any run directories: runs whose configs differ only in
 train.seed and run.* are seeds of one point, and the keys that differ between points are its columns.
@@ -73,6 +74,7 @@ class Report:
     skipped: list[tuple[str, str]]     # (point, reason) for invalid or not yet trained points
     significance: str
     summary: str
+    vs_base: dict[str, float] | None = None  # one-at-a-time sweeps: point -> Welch's p against the base
     files: list[str] = dataclasses.field(default_factory=list)  # what write() wrote, in order
     notices: list[str] = dataclasses.field(default_factory=list)  # what it left out, and why
 
@@ -147,10 +149,13 @@ def write(paths: list[Path], out: Path) -> Report:
     if not runs:
         raise UserError(f"none of the {len(runs_dirs)} runs has been evaluated yet; train them first")
     points, columns = group(runs, list(plan.get("axes", {})))
+    for p in points if plan else []:  # a sweep's points by their directories (one-at-a-time: "base", "mlp=relu2")
+        p.name = p.runs[0].run_dir.parent.name
     trained = {p.name for p in points}
     skipped = [(p["name"], p["error"] or "not trained yet") for p in plan.get("points", [])
                if p["error"] or p["name"] not in trained]
-    report = Report(points, columns, skipped, significance(points), "")
+    one_at_a_time = plan.get("vary") == "one"
+    report = Report(points, columns, skipped, significance(points), "", against_base(points) if one_at_a_time else None)
     report.summary = markdown(report, plan.get("command", ""))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(report, out / "results.csv")
@@ -158,7 +163,10 @@ def write(paths: list[Path], out: Path) -> Report:
     plots.curves(points, out / "curves.png")
     report.files = ["results.csv", "results.md", "curves.png"]
     axes = list(plan["axes"]) if plan.get("axes") else columns
-    if plots.heatmap(points, axes, plan.get("points", []), out / "heatmap.png"):
+    if one_at_a_time:
+        (out / "heatmap.png").unlink(missing_ok=True)
+        report.notices.append("no heatmap.png: a one-at-a-time sweep varies one key per point, not a grid")
+    elif plots.heatmap(points, axes, plan.get("points", []), out / "heatmap.png"):
         report.files.append("heatmap.png")
     else:
         swept = f"{len(axes)} swept axis" + ("" if len(axes) == 1 else "es")
@@ -185,13 +193,25 @@ def significance(points: list[PointResult]) -> str:
             f"{len(a)} and {len(b)} seeds).")
 
 
+def against_base(points: list[PointResult]) -> dict[str, float]:
+    """Each point's two-sided p against the base point (Welch's t-test on best val loss), where both have 2+ seeds."""
+    base = next((p for p in points if p.name == "base"), None)
+    if base is None or len(base.runs) < 2:
+        return {}
+    ref = [r.best_val_loss for r in base.runs]
+    return {p.name: welch([r.best_val_loss for r in p.runs], ref)[2] for p in points
+            if p is not base and len(p.runs) >= 2}
+
+
 def write_csv(report: Report, path: Path) -> None:
+    extra = ["p_vs_base"] if report.vs_base is not None else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["point", *report.columns, *CSV_FIELDS])
+        writer.writerow(["point", *report.columns, *CSV_FIELDS, *extra])
         for p in report.points:
             row = p.row()
-            writer.writerow([p.name, *(p.values[k] for k in report.columns), *(_csv(row[k]) for k in CSV_FIELDS)])
+            writer.writerow([p.name, *(p.values[k] for k in report.columns), *(_csv(row[k]) for k in CSV_FIELDS),
+                             *([report.vs_base.get(p.name, "")] if extra else [])])
 
 
 def _csv(v):
@@ -199,21 +219,25 @@ def _csv(v):
 
 
 def markdown(report: Report, command: str) -> str:
-    head = [*(grid.short_key(k) for k in report.columns), "params", "FLOPs/token", "tokens seen",
-            "final val loss", "best val loss", "tokens/s", "wall time"]
+    vs = report.vs_base
+    head = [*(["point"] if vs is not None else []), *(grid.short_key(k) for k in report.columns), "params",
+            "FLOPs/token", "tokens seen", "final val loss", "best val loss", *(["p vs base"] if vs is not None else []),
+            "tokens/s", "wall time"]
     lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
     for i, p in enumerate(report.points):
         r = p.row()
-        cells = [*(str(p.values[k]) for k in report.columns), f"{r['params']:,}", _si(r["flops_per_token"]),
-                 _si(r["tokens_seen"]), _pm(r["final_val_loss_mean"], r["final_val_loss_std"]),
-                 _pm(r["best_val_loss_mean"], r["best_val_loss_std"]), _num(r["tokens_per_sec"], ",.0f"),
+        best = _pm(r["best_val_loss_mean"], r["best_val_loss_std"])
+        cells = [*([p.name] if vs is not None else []), *(str(p.values[k]) for k in report.columns),
+                 f"{r['params']:,}", _si(r["flops_per_token"]), _si(r["tokens_seen"]),
+                 _pm(r["final_val_loss_mean"], r["final_val_loss_std"]), f"**{best}**" if i == 0 else best,
+                 *([_p(vs.get(p.name))] if vs is not None else []), _num(r["tokens_per_sec"], ",.0f"),
                  _wall(r["wall_s"])]
-        if i == 0:
-            cells[-3] = f"**{cells[-3]}**"
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({len(p.runs) for p in report.points})
     spread = "one seed per point" if seeds == [1] else f"mean ± std over {'/'.join(map(str, seeds))} seeds"
-    notes = [f"Sorted by best val loss; {spread}; wall time per run.",
+    against = ([] if vs is None else ["p vs base: Welch's t-test of the point's best val loss against the base's, "
+                                      "two-sided (bold: below 0.05)."])
+    notes = [f"Sorted by best val loss; {spread}; wall time per run.", *against,
              report.significance, *(f"Skipped {name}: {why}" for name, why in report.skipped)]
     return "\n".join(([f"`{command}`", ""] if command else []) + lines + [""] + notes) + "\n"
 
@@ -222,6 +246,10 @@ def _pm(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "—"
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else f"**{p:.2g}**" if p < 0.05 else f"{p:.2g}"
 
 
 def _num(v: float, spec: str) -> str:

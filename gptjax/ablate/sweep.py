@@ -1,13 +1,15 @@
 """Ablations in one command: train every point of a grid of config values, then compare them.
 
   gptjax sweep BASE_CONFIG model.n_head=2,4,8 model.n_layer=2,4,6 [section.key=value ...]
-                         [--seeds N] [--out SWEEP_DIR] [--match params]
+                         [--seeds N] [--one-at-a-time] [--set KEY=VALUE] [--separately] [--out SWEEP_DIR]
+                         [--match params]
   gptjax sweep configs/ablations/heads_layers_cpu.yaml      (a sweep file: base, grid, set, ...)
   gptjax sweep report SWEEP_DIR | RUN_DIR ... [--out DIR]   (results.csv/.md, curves.png, heatmap.png)
 
 A comma sweeps a key; any key can be swept. Seed i of a point trains with train.seed + i, in
-SWEEP_DIR/POINT/seed=i: an ordinary run directory (sample.py and train.py work on it). Re-running
-the command skips finished runs and resumes interrupted ones.
+SWEEP_DIR/POINT/seed=i: an ordinary run directory (sample.py and train.py work on it). A point's
+seeds train together, one vmapped step for all (gptjax.train.seeds), unless --separately.
+Re-running the command skips finished runs and resumes interrupted ones.
 """
 
 from __future__ import annotations
@@ -36,12 +38,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("items", nargs="*", help="section.key=v1,v2,... sweeps a key; section.key=value sets it")
     parser.add_argument("--seeds", type=int, help="runs per point, seed i = train.seed + i (default 1)")
     parser.add_argument("--out", help="sweep directory (default runs/sweeps/NAME)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every point (needed with --one-at-a-time, where a lone value is a point)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="the base config, then each swept value alone on it (a knob-by-knob ablation), "
+                             "not every combination; the report tests each point against the base")
+    parser.add_argument("--separately", action="store_true",
+                        help="train a point's seeds one after another, not together in one vmapped step "
+                             "(which needs N times the memory of one run)")
     parser.add_argument("--match", choices=grid.MATCHES, help="params: pick n_embd per point to keep the base's size")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_intermixed_args(argv)
     command = " ".join(["gptjax sweep", *argv])
-    return errors.run_cli(lambda: run(grid.make_spec(args.target, args.items, args.seeds, args.out, args.match),
-                                      command), debug=args.debug)
+    vary = "one" if args.one_at_a_time else None
+    return errors.run_cli(lambda: run(grid.make_spec(args.target, args.items, args.seeds, args.out, args.match, vary,
+                                                     args.set), command, together=not args.separately),
+                          debug=args.debug)
 
 
 def report_main(argv: list[str]) -> int:
@@ -80,8 +92,9 @@ def with_vocab(cfg: Config) -> Config:
     return cfg.resolve_vocab(data.vocab_size(cfg.data))
 
 
-def run(spec: grid.Spec, command: str = "") -> None:
-    """Train every run of the sweep that is not finished, then write the report."""
+def run(spec: grid.Spec, command: str = "", together: bool = True) -> None:
+    """Train every run of the sweep that is not finished, then write the report (`together`: each point's
+    seeds in one vmapped step)."""
     sweep_dir = Path(spec.out)
     points = grid.plan(spec, with_vocab)
     for point in points:
@@ -95,7 +108,7 @@ def run(spec: grid.Spec, command: str = "") -> None:
     with runs.lock(sweep_dir, "sweep"):  # two sweeps into one --out would train and count the same runs twice
         write_plan(sweep_dir, spec, points, command)
         with compile_cache(sweep_dir / ".jax_cache"):
-            failed = train_all(jobs)
+            failed = train_all(jobs, together)
     from gptjax.ablate import report  # after training: plotting libraries are not needed before
 
     show(report.write([sweep_dir], sweep_dir), sweep_dir)
@@ -105,7 +118,7 @@ def run(spec: grid.Spec, command: str = "") -> None:
 
 def write_plan(sweep_dir: Path, spec: grid.Spec, points: list[grid.Point], command: str) -> None:
     plan = {"base": spec.base, "axes": spec.axes, "fixed": spec.fixed, "seeds": spec.seeds, "match": spec.match,
-            "command": command,
+            "vary": spec.vary, "command": command,
             "points": [{"name": p.name, "values": p.values, "error": p.error} for p in points]}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_json(sweep_dir / grid.SWEEP_FILE, plan)
@@ -129,29 +142,51 @@ def steps_done(cfg: Config) -> int:
         ckpts.close()
 
 
-def train_all(jobs: list[tuple[grid.Point, int, Config]]) -> list[str]:
-    """Train the unfinished runs one by one with a progress line each; returns the failures."""
+def train_all(jobs: list[tuple[grid.Point, int, Config]], together: bool = True) -> list[str]:
+    """Train the unfinished runs with a progress line each; returns the failures.
+
+    With `together`, the unfinished seeds of a point train as one stack (gptjax.train.seeds).
+    """
     started = [steps_done(cfg) for _, _, cfg in jobs]
     # FLOPs still to do per run: the ETA scales the time spent so far by them, since a 4-layer
     # point costs about four 1-layer ones.
     todo = [_flops(cfg, cfg.train.steps - start) for (_, _, cfg), start in zip(jobs, started)]
     spent = done = 0.0
     failed = []
-    for k, ((point, seed, cfg), start, flops) in enumerate(zip(jobs, started, todo)):
-        head = f"[{k + 1}/{len(jobs)}] {point.name} seed={seed} (train.seed={cfg.train.seed})"
-        if not flops:
+    for group in _groups(jobs, todo, together):
+        (point, first, cfg), (_, last, last_cfg) = jobs[group[0]], jobs[group[-1]]
+        one = len(group) == 1
+        seeds = f"seed={first}" if one else f"seeds {first}-{last} together"
+        where = f"{group[0] + 1}" if one else f"{group[0] + 1}-{group[-1] + 1}"
+        numbers = f"{cfg.train.seed}" if one else f"{cfg.train.seed}-{last_cfg.train.seed}"
+        head = f"[{where}/{len(jobs)}] {point.name} {seeds} (train.seed={numbers})"
+        if not todo[group[0]]:
             print(f"{head}: finished, skipped", flush=True)
             continue
-        left = sum(1 for f in todo[k + 1:] if f)
-        eta = _duration(spent / done * sum(todo[k:])) if done else "after the first run"
-        resume = f"resuming from step {start}" if start else "training"
+        left = sum(1 for f in todo[group[-1] + 1:] if f)
+        eta = _duration(spent / done * sum(todo[group[0]:])) if done else "after the first run"
+        starts = sorted({started[k] for k in group}, reverse=True)
+        resume = ("training" if starts == [0] else f"resuming from step {starts[0]}" if len(starts) == 1
+                  else f"resuming from steps {', '.join(str(started[k]) for k in group)}")
         print(f"{head}: {resume}, {left} more to train after it, ETA {eta}", flush=True)
-        seconds, error = timed_train(cfg)
+        seconds, error = timed_train([jobs[k][2] for k in group])
         if error:
-            failed.append(f"{point.name} seed={seed}: {error}")
+            failed.append(f"{point.name} {seeds}: {error}")
             print(f"{head}: failed: {error}", file=sys.stderr, flush=True)
-        spent, done = spent + seconds, done + flops
+        spent, done = spent + seconds, done + sum(todo[k] for k in group)
     return failed
+
+
+def _groups(jobs, todo: list[float], together: bool) -> list[list[int]]:
+    """Job indices to train at once: a point's unfinished seeds (with `together`), else one each."""
+    groups: list[list[int]] = []
+    for k, (point, _, _) in enumerate(jobs):
+        prev = groups[-1][-1] if groups else None
+        if together and prev is not None and jobs[prev][0] is point and todo[prev] and todo[k]:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
 
 
 def _flops(cfg: Config, steps: int) -> float:
@@ -185,34 +220,38 @@ def compile_cache(path: Path):
         compilation_cache.reset_cache()
 
 
-def timed_train(cfg: Config) -> tuple[float, str | None]:
-    """Train one run in this process; its wall time is added to grid.WALL_FILE even if it stops early."""
+def timed_train(cfgs: list[Config]) -> tuple[float, str | None]:
+    """Train runs in this process (several: a point's seeds, together); each run's share of the wall time
+    is added to its grid.WALL_FILE, even if it stops early."""
     # In-process, not a subprocess per run: importing JAX and preparing the data once saves
     # seconds per run, which dominate a sweep of small models. Each run compiles new
     # executables, so the compile caches are cleared after it to keep memory flat over a long sweep.
     import jax
 
-    from gptjax.train import trainer
+    from gptjax.train import seeds
 
-    error, clock = None, WallClock(Path(cfg.run.out_dir))
+    error, clocks = None, [WallClock(Path(cfg.run.out_dir), share=1 / len(cfgs)) for cfg in cfgs]
     try:
-        with clock:
-            trainer.train(cfg)
+        with contextlib.ExitStack() as timing:
+            for clock in clocks:
+                timing.enter_context(clock)
+            seeds.train(cfgs)
     except UserError as e:  # one bad run (a checkpoint from another shape, ...) should not stop the others
         error = str(e)
     finally:
         jax.clear_caches()
-    return clock.seconds, error
+    return clocks[0].seconds / clocks[0].share, error
 
 
 class WallClock:
-    """Adds this session's wall time to the run's grid.WALL_FILE, rewritten every few seconds while it
-    trains, so a session killed mid-run still counts (up to the last write)."""
+    """Adds this session's wall time (times `share`, when runs train together) to the run's grid.WALL_FILE,
+    rewritten every few seconds while it trains, so a session killed mid-run still counts (up to the last
+    write)."""
 
     EVERY_S = 5.0
 
-    def __init__(self, run_dir: Path):
-        self.run_dir, self.seconds, self.done = run_dir, 0.0, threading.Event()
+    def __init__(self, run_dir: Path, share: float = 1.0):
+        self.run_dir, self.share, self.seconds, self.done = run_dir, share, 0.0, threading.Event()
         path = run_dir / grid.WALL_FILE
         self.before = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
 
@@ -232,7 +271,7 @@ class WallClock:
             self._write()
 
     def _write(self) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = (time.perf_counter() - self.start) * self.share
         if self.run_dir.is_dir():
             _write_json(self.run_dir / grid.WALL_FILE, {"wall_s": self.before["wall_s"] + self.seconds,
                                                          "sessions": self.before["sessions"] + 1})
