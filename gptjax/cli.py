@@ -41,24 +41,21 @@ def train(argv: list[str]) -> int:
                         help="train N seeds together, one vmapped step for all: seed i trains with train.seed + i "
                              "in run.out_dir/seed=i, as it would alone (default 1: just this run)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags anywhere, as in `train.py CONFIG --seeds 3 train.steps=500`
     if args.config and "=" in args.config:  # only overrides were given: use the default config
         args.overrides, args.config = [args.config, *args.overrides], None
 
     def run():
         runtime.configure()
         cfg = config.load(args.config, args.overrides)
+        if args.seeds < 1:
+            raise errors.UserError(f"--seeds must be a positive integer, got {args.seeds}")
         from gptjax import sharding  # JAX loads only after the config checks out, so a typo fails at once
-        from gptjax.train import trainer
+        from gptjax.train import seeds
 
         sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
-        if args.seeds == 1:
-            cfgs, rows = [cfg], [trainer.train(cfg)]
-        else:
-            from gptjax.train import seeds
-
-            cfgs = seeds.seed_configs(cfg, args.seeds)
-            rows = seeds.train(cfgs)
+        cfgs = [cfg] if args.seeds == 1 else seeds.seed_configs(cfg, args.seeds)
+        rows = seeds.train(cfgs)  # one config: trainer.train
         for c, last in zip(cfgs, rows):
             if "val_loss" in last and sharding.is_main_process():
                 print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {c.run.out_dir}")

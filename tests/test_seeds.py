@@ -8,6 +8,7 @@ import pytest
 
 from gptjax import api, config
 from gptjax.train import seeds, trainer
+from gptjax.train.loop import TrainingError
 from gptjax.train.tracking import read_metrics
 
 from .conftest import run_script
@@ -24,9 +25,9 @@ def curves(run_dir) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def separate(tmp_path_factory):
-    """Seeds 5, 6, 7 trained one by one, as ordinary runs, to step 8."""
+    """Seeds 5 and 6 trained one by one, as ordinary runs, to step 8."""
     out = tmp_path_factory.mktemp("separate")
-    for seed in (5, 6, 7):
+    for seed in (5, 6):
         trainer.train(config.load("tiny", [*COMMON, "train.steps=8", f"train.seed={seed}", f"run.out_dir={out / str(seed)}"]))
     return out
 
@@ -43,13 +44,13 @@ def test_stacked_seeds_equal_separate_runs_through_a_resume(separate, tmp_path):
     """Trained together to step 4, then resumed together to step 8: every logged number of each seed
     equals its separate run's to 1e-5, and so do its final parameters."""
     base = config.load("tiny", [*COMMON, "train.seed=5", f"run.out_dir={tmp_path}"])
-    cfgs = seeds.seed_configs(base.replace(train={"steps": 4}), 3)
-    assert [c.train.seed for c in cfgs] == [5, 6, 7]
+    cfgs = seeds.seed_configs(base.replace(train={"steps": 4}), 2)
+    assert [c.train.seed for c in cfgs] == [5, 6]
     seeds.train(cfgs)
     assert all(max(curves(c.run.out_dir)) == 4 for c in cfgs)
-    last = seeds.train(seeds.seed_configs(base.replace(train={"steps": 8}), 3))
-    assert [row["step"] for row in last] == [8, 8, 8]
-    for i, seed in enumerate((5, 6, 7)):
+    last = seeds.train(seeds.seed_configs(base.replace(train={"steps": 8}), 2))
+    assert [row["step"] for row in last] == [8, 8]
+    for i, seed in enumerate((5, 6)):
         alone = curves(separate / str(seed))
         assert alone.keys() == {0, 2, 4, 6, 8}
         assert_same(curves(tmp_path / f"seed={i}"), alone, seed)
@@ -72,9 +73,18 @@ def test_seeds_from_the_command_line_write_ordinary_runs(separate, tmp_path):
     assert [line.split("run dir ")[1] for line in done.stdout.splitlines() if line.startswith("done:")] == [
         str(tmp_path / "seed=1")]
     assert_same(curves(tmp_path / "seed=1"), curves(separate / "6"), "seed=1")
-    text = run_script("sample.py", tmp_path / "seed=1", "--max-new-tokens", "5")
-    assert text.returncode == 0 and text.stdout.strip(), text.stderr
+    run = api.load_run(tmp_path / "seed=1")
+    assert run.step == 8 and run.cfg.train.seed == 6 and api.sample(run, max_new_tokens=5)[0]
     bad = run_script("train.py", "tiny", f"run.out_dir={tmp_path / 'none'}", "--seeds", "0")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
         "error: --seeds must be a positive integer, got 0")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_non_finite_stack_names_its_seeds_and_stops_as_one_run_would(tmp_path):
+    base = config.load("tiny", ["train.lr=inf", "train.steps=4", "train.log_every=2", "train.eval_every=4",
+                                f"run.out_dir={tmp_path}"])
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradients at step 1 \(and 1 more steps up to 2\) "
+                                            r"in seed seed=0, seed=1; training stopped and no checkpoint was saved"):
+        seeds.train(seeds.seed_configs(base, 2))
+    assert [max(curves(tmp_path / f"seed={i}")) for i in range(2)] == [0, 0]  # nothing after step 0 was logged

@@ -1,4 +1,4 @@
-"""Ablations: a real 2 x 2 sweep (heads x layers, 2 seeds) end to end, its report against its runs,
+"""Ablations: a real 2 x 2 sweep (heads x layers, 2 seeds, half its points invalid) end to end, its report against its runs,
 re-runs that train nothing, --match params, sweep files, Welch's t-test and one-line errors."""
 
 import csv
@@ -18,10 +18,10 @@ from gptjax.train.tracking import read_metrics
 from tests.conftest import run_main
 
 STEPS = 6
-GRID = ["model.n_head=2,3,4", "model.n_layer=1,2"]  # n_head=3 does not divide the tiny model's n_embd=32
+GRID = ["model.n_head=2,3", "model.n_layer=1,2"]  # n_head=3 does not divide the tiny model's n_embd=32
 SETTINGS = [f"train.steps={STEPS}", f"train.lr_decay_steps={STEPS}", "train.eval_every=6", "train.log_every=3",
             "train.eval_batches=1"]
-VALID = ["n_head=2,n_layer=1", "n_head=2,n_layer=2", "n_head=4,n_layer=1", "n_head=4,n_layer=2"]
+VALID = ["n_head=2,n_layer=1", "n_head=2,n_layer=2"]
 
 
 def files(folder):
@@ -55,11 +55,11 @@ def test_sweep_trains_the_valid_points_and_reports_the_invalid(swept):
     assert "Skipped n_head=3,n_layer=1: model.n_embd=32 is not divisible" in (out / "results.md").read_text()
     progress = [line for line in stdout.splitlines() if line.startswith("[")]
     # Each point's two seeds train together; the first point's are at different steps (3 and 0).
-    assert [line.split("]")[0] for line in progress] == [f"[{k}-{k + 1}/8" for k in range(1, 9, 2)]
-    assert progress[0].startswith("[1-2/8] n_head=2,n_layer=1 seeds 0-1 together (train.seed=1337-1338): "
-                                  "resuming from steps 3, 0, 6 more to train after it, ETA")
-    assert ("[7-8/8] n_head=4,n_layer=2 seeds 0-1 together (train.seed=1337-1338): training, 0 more to train "
-            "after it, ETA ") in stdout
+    assert [line.split("]")[0] for line in progress] == ["[1-2/4", "[3-4/4"]
+    assert progress[0].startswith("[1-2/4] n_head=2,n_layer=1 seeds 0-1 together (train.seed=1337-1338): "
+                                  "resuming from steps 3, 0, 2 more to train after it, ETA")
+    assert progress[1].startswith("[3-4/4] n_head=2,n_layer=2 seeds 0-1 together (train.seed=1337-1338): "
+                                  "training, 0 more to train after it, ETA ")
 
 
 def test_runs_are_ordinary_run_directories_with_seeds_and_wandb_group(swept):
@@ -127,7 +127,7 @@ def test_welch_verdict_in_markdown(swept):
     out, *_ = swept
     text = (out / "results.md").read_text()
     assert "Welch's t-test on best val loss: p = " in text and "2 and 2 seeds" in text
-    assert text.count("\n| ") == 2 + 4  # header, rule, one row per valid point
+    assert text.count("\n| ") == 2 + 2  # header, rule, one row per valid point
 
 
 def test_rerun_trains_nothing_and_changes_no_run(swept):
@@ -136,7 +136,7 @@ def test_rerun_trains_nothing_and_changes_no_run(swept):
     result = run_main(sweep.main, argv)
     assert result.returncode == 0, result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert len(progress) == 8 and all(line.endswith(": finished, skipped") for line in progress)
+    assert len(progress) == 4 and all(line.endswith(": finished, skipped") for line in progress)
     assert {p: b for p, b in files(out).items() if "seed=" in str(p)} == before
 
 
@@ -227,20 +227,19 @@ def test_one_at_a_time_trains_the_base_and_each_knob_alone_and_tests_each_agains
     point; the report has Welch's p of each point against the base, matching the runs' own losses."""
     out = tmp_path / "knobs"
     settings = [word for item in SETTINGS for word in ("--set", item)]
-    result = run_main(sweep.main, ["tiny", "model.mlp=relu2", "model.norm=rmsnorm,layernorm", "train.lr=3e-3",
+    result = run_main(sweep.main, ["tiny", "model.mlp=relu2", "model.norm=layernorm", "train.lr=3e-3",
                                    *settings, "--seeds", "2", "--one-at-a-time", "--out", str(out)])
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
-        "base", "mlp=relu2", "norm=rmsnorm"]  # norm=layernorm and lr=3e-3 are the tiny preset's own
+        "base", "mlp=relu2"]  # norm=layernorm and lr=3e-3 are the tiny preset's own: the base
     cfgs = {name: config.from_dict(yaml.safe_load((out / name / "seed=1" / "config.yaml").read_text()))
-            for name in ("base", "mlp=relu2", "norm=rmsnorm")}
-    assert (cfgs["base"].model.mlp, cfgs["base"].model.norm) == ("gelu", "layernorm")
-    assert (cfgs["mlp=relu2"].model.mlp, cfgs["mlp=relu2"].model.norm) == ("relu2", "layernorm")
-    assert (cfgs["norm=rmsnorm"].model.mlp, cfgs["norm=rmsnorm"].model.norm) == ("gelu", "rmsnorm")
+            for name in ("base", "mlp=relu2")}
+    assert [(c.model.mlp, c.train.lr, c.train.steps) for c in cfgs.values()] == [
+        ("gelu", 3e-3, STEPS), ("relu2", 3e-3, STEPS)]
     rows = {r["point"]: r for r in csv.DictReader((out / "results.csv").open())}
     best = {name: [min(r["val_loss"] for r in read_metrics(d) if "val_loss" in r) for d in seed_dirs(out, name)]
             for name in rows}
-    for name in ("mlp=relu2", "norm=rmsnorm"):
+    for name in ("mlp=relu2",):
         assert float(rows[name]["p_vs_base"]) == pytest.approx(stats.welch(best[name], best["base"])[2])
     assert rows["base"]["p_vs_base"] == ""
     assert "| point | mlp | norm |" in (out / "results.md").read_text() and "p vs base" in (out / "results.md").read_text()

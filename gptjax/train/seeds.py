@@ -6,8 +6,9 @@
 Seed i trains exactly as it would alone, with its own initial parameters, dropout keys and data
 order (each seed's batches are its own), and writes its own ordinary run directory: sample.py,
 train.py and the sweep report read it as any other. The N states are stacked on a new leading
-axis and one `jax.vmap`ped step updates them all: on a small model a step is mostly per-op
-overhead and matrices too small to keep the cores busy, so N seeds cost far less than N runs.
+axis and one `jax.vmap`ped step updates them all. The seeds share one process, one compile and
+one data load; whether the step itself gets cheaper per seed depends on how busy one small model
+keeps the hardware (on a 2-core CPU it does not: BENCHMARKS.md, "Seeds together").
 
 A stack trains from a common step: all new, or all resumed from the same checkpoint step (the
 seeds save together, so an interrupted stack resumes as one). Seeds at different steps (one
