@@ -12,6 +12,7 @@ the seeds of a run together with the same loop.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -168,14 +169,9 @@ class Loop:
     def first_batch_loss(self, state: TrainState) -> float:
         """Step 0's train_loss: step 0's batch at the initial parameters, as every row's is its batch's before
         the update (the contract keeps train_loss on every row; without dropout, as at evaluation)."""
-        t, n_ctx = self.cfg.train, self.cfg.model.n_ctx
-        starts = data.window_starts(len(self.ds.train), seed=t.seed, step=0, batch_size=t.batch_size, n_ctx=n_ctx)
-        rows = sharding.process_rows(t.micro_batch_size, self.mesh)  # placed per micro-batch: multi-host safe
-        losses = []
-        for micro in starts.reshape(t.grad_accum, t.micro_batch_size)[:, rows]:
-            x, y = data.gather(self.ds.train, micro, n_ctx)
-            losses.append(self.pieces.eval_step(state.params, sharding.put_batch(x, self.mesh),
-                                                sharding.put_batch(y, self.mesh)))
+        x, y = local_batch(self.cfg, self.ds, 0, self.mesh)  # placed per micro-batch: multi-host safe
+        put = functools.partial(sharding.put_batch, mesh=self.mesh)
+        losses = [self.pieces.eval_step(state.params, put(xm), put(ym)) for xm, ym in zip(x, y)]
         return float(jnp.mean(jnp.stack(losses)))
 
     def eval_losses(self, state: TrainState) -> dict[str, float]:
@@ -185,7 +181,8 @@ class Loop:
         an evaluation can take longer than the steps between two of them.
         """
         start = time.perf_counter()
-        losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params, self.tracker.evaluating)
+        shown = self.tracker.evaluating if self.tracker.shows_progress else None  # else no wait per batch
+        losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params, shown)
         self.tracker.evaluated()
         self.clock.restart()
         return {**{k.replace("train_loss", "eval_train_loss"): v for k, v in losses.items()},

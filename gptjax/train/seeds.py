@@ -64,8 +64,8 @@ def train(cfgs: list[Config]) -> list[dict]:
         opened = [trainer.open_run(c, ds, single, source, closing, progress=i == 0) for i, c in enumerate(cfgs)]
         starts = sorted({r.start for r in opened})
         if len(starts) == 1:
-            loop = Stack(cfgs, ds, mesh, single, build(cfg, mesh, stacked=len(cfgs)), opened)
-            with trainer.stop_requests() as loop.stop:
+            with trainer.stop_requests() as stop:
+                loop = Stack(cfgs, ds, mesh, single, build(cfg, mesh, stacked=len(cfgs)), opened, stop)
                 last = loop.run(loop.stack([r.state for r in opened]), starts[0])
             return last if isinstance(last, list) else [{} for _ in cfgs]
         opened[0].tracker.message(f"the seeds' checkpoints are at different steps ({', '.join(map(str, starts))}): "
@@ -93,8 +93,8 @@ class Stack(Loop):
     """
 
     def __init__(self, cfgs: list[Config], ds: data.Dataset, mesh, single: Pieces, stacked: Pieces,
-                 opened: list[trainer.OpenRun]):
-        super().__init__(cfgs[0], ds, mesh, stacked, opened[0].ckpts, opened[0].tracker)
+                 opened: list[trainer.OpenRun], stop=None):
+        super().__init__(cfgs[0], ds, mesh, stacked, opened[0].ckpts, opened[0].tracker, stop)
         self.cfgs, self.single, self.opened = cfgs, single, opened
         self.stack = jax.jit(lambda states: jax.tree.map(lambda *a: jnp.stack(a), *states),
                              out_shardings=stacked.state_shardings)
@@ -115,20 +115,15 @@ class Stack(Loop):
         per = []
         for i in range(n):
             per.append(self.pieces.eval_step(params, *self.batches(functools.partial(make, i=i))))
-            if shown and i:
+            if shown and i and self.tracker.shows_progress:  # else no wait per batch
                 per[-2].block_until_ready()
                 self.tracker.evaluating(shown[0] + i, shown[1])
         return np.asarray(jax.device_get(jnp.mean(jnp.stack(per), axis=0)))
 
     def log_start(self, state: TrainState) -> list[dict]:
-        t, n_ctx = self.cfg.train, self.cfg.model.n_ctx
-        rows_here = sharding.process_rows(t.micro_batch_size, self.mesh)
-
-        def micro(c: Config, i: int):  # step 0's micro-batch i, as Loop.first_batch_loss
-            starts = data.window_starts(len(self.ds.train), seed=c.train.seed, step=0, batch_size=t.batch_size,
-                                        n_ctx=n_ctx).reshape(t.grad_accum, t.micro_batch_size)[i, rows_here]
-            return data.gather(self.ds.train, starts, n_ctx)
-        first = self.losses(state.params, t.grad_accum, micro)
+        t = self.cfg.train
+        step0 = {c.train.seed: local_batch(c, self.ds, 0, self.mesh) for c in self.cfgs}  # as Loop.first_batch_loss
+        first = self.losses(state.params, t.grad_accum, lambda c, i: tuple(a[i] for a in step0[c.train.seed]))
         evals, lr = self.eval_rows(state, None), float(optim.schedule(t)(0))
         return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **e} for loss, e in zip(first, evals)])
 

@@ -83,6 +83,10 @@ class Tracker:
         if self.active:
             (self.bar.write if self.bar is not None else print)(text)
 
+    @property
+    def shows_progress(self) -> bool:
+        return self.bar is not None
+
     def evaluating(self, done: int, total: int) -> None:
         """Shown on the bar while an evaluation runs, so a long one (a large vocabulary on a CPU) is seen moving."""
         if self.bar is not None:
