@@ -21,11 +21,9 @@ import pytest
 
 from gptjax import sharding
 from gptjax.train.tracking import read_metrics
-from tests.conftest import ROOT
+from tests.conftest import FAST_COMPILE, ROOT
 from tests.multidevice_worker import COMMON, SAVE_AT, STEPS
 
-# Compiles about twice as fast; losses are only ever compared between runs built with it.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 TIMEOUT = 240
 
 
