@@ -41,6 +41,18 @@ FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), (FAST_COMPILE, *CPU_FLAGS))
 
 
+# The files that take longest, longest first (BENCHMARKS.md, "Test suite"): xdist hands whole
+# files to its workers in collection order, so starting with these lets the workers finish
+# together instead of one running the last long file alone. The rest keep their order.
+LONGEST_FIRST = ("test_modern.py", "test_scale.py", "test_trust.py", "test_sampling.py", "test_sweep.py",
+                 "test_model.py", "test_crash.py", "test_train.py", "test_cli.py", "test_seeds.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def data_cache(tmp_path_factory):
     # Tokenized data is shared across the session (and with subprocesses) but never
