@@ -14,7 +14,7 @@ PRESETS = sorted(p.stem for p in config.CONFIG_DIR.glob("*.yaml"))
 
 def test_presets_exist():
     assert {"shakespeare_char", "shakespeare_char_cpu", "shakespeare_gpt2", "gpt2", "gpt2-medium", "gpt2-large",
-            "gpt2-xl", "tiny"} <= set(PRESETS)
+            "gpt2-xl", "tiny", "shakespeare_char_modern"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
