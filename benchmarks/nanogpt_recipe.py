@@ -26,7 +26,7 @@ from pathlib import Path
 STARTED = time.monotonic()
 
 import torch  # noqa: E402  (after the clock starts: the import is part of a user's wait)
-from pytorch_reference import GPT, SHAPES  # noqa: E402
+from pytorch_reference import GPT, SHAPES, adamw, train_step  # noqa: E402
 
 # gptjax's embedded copy, read as a file: importing gptjax would bill JAX's import to PyTorch.
 SHAKESPEARE = Path(__file__).resolve().parent.parent / "gptjax" / "assets" / "tinyshakespeare.txt"
@@ -79,10 +79,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1337)
     model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["n_ctx"], s["bias"], s["dropout"])
     nanogpt_init(model, s["n_layer"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    opt = adamw(model)
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
             losses = estimate(model, splits, args.eval_iters, s, gen)
@@ -91,11 +88,7 @@ def main() -> None:
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps)
-        loss = model(*window(splits["train"], s, gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, *window(splits["train"], s, gen))
     wall = time.monotonic() - STARTED
     steady = estimate(model, {"val": splits["val"]}, 100, s, gen)["val"]
     print(json.dumps({"measurement": "nanogpt_cpu_recipe", "steps": args.steps, "wall_s": round(wall, 1),

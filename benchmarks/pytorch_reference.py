@@ -68,6 +68,24 @@ class GPT(nn.Module):
         return F.cross_entropy(self.logits(idx).view(-1, N_VOCAB), targets.view(-1))
 
 
+def adamw(model: nn.Module) -> torch.optim.AdamW:
+    """nanoGPT's AdamW: weight decay 0.1 on matrices and tables, none on gains and biases."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=1e-3, betas=(0.9, 0.99))
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y) -> torch.Tensor:
+    """One optimizer step with the gradient norm clipped at 1; returns the loss (not synchronised)."""
+    loss = model(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 @torch.no_grad()
 def sample(ckpt: str, shapes: dict, max_new_tokens: int) -> None:
     """nanoGPT's sample.py loop: load the checkpoint, crop to n_ctx, temperature 0.8, top-k 200, no cache."""
@@ -103,21 +121,13 @@ def train(args, s: dict) -> None:
     """Eval batches, then the first step (printed as nanoGPT logs iter 0), then the timed steps."""
     torch.manual_seed(0)
     model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["n_ctx"], s["bias"], s["dropout"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    opt = adamw(model)
     step_model = torch.compile(model) if args.compile else model
     x = torch.randint(N_VOCAB, (s["batch"], s["n_ctx"]))
     y = torch.randint(N_VOCAB, (s["batch"], s["n_ctx"]))
 
     def step():
-        loss = step_model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()  # blocks, as gptjax.bench blocks on the loss
+        return train_step(step_model, opt, x, y).item()  # blocks, as gptjax.bench blocks on the loss
 
     with torch.no_grad():
         for _ in range(2 * args.eval_batches):
