@@ -53,7 +53,9 @@ def train(argv: list[str]) -> int:
         from gptjax import sharding  # JAX loads only after the config checks out, so a typo fails at once
         from gptjax.train import seeds
 
-        sharding.initialize_distributed()  # multi-host runs: join the others before any device is used
+        multi_host = sharding.initialize_distributed()  # join the other processes before any device is used
+        if args.seeds > 1 and not multi_host:
+            sharding.split_cores_for_runs()
         cfgs = [cfg] if args.seeds == 1 else seeds.seed_configs(cfg, args.seeds)
         rows = seeds.train(cfgs)  # one config: trainer.train
         for c, last in zip(cfgs, rows):

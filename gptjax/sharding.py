@@ -23,6 +23,8 @@ from gptjax.config import MeshConfig
 from gptjax.errors import UserError
 
 MESH_AXES = ("data", "fsdp")
+AUTO = (jax.sharding.AxisType.Auto,)  # axes whose layout XLA may choose where we leave it open
+RUNS = "runs"  # the mesh axis of runs trained side by side (gptjax.train.seeds): their stacked leading axis
 
 # logical axis -> mesh axis (or axes); None means replicated. A `tensor` mesh axis would
 # split `heads`/`mlp` and their activation twins here, and nowhere else.
@@ -102,18 +104,59 @@ def sync(name: str) -> None:
 
 
 def mesh_devices(cfg: MeshConfig, rows: int) -> list:
-    """The devices for a run's mesh: all of them, except for CPU cores split by JAX_NUM_CPU_DEVICES.
+    """The devices for a run's mesh: all of them, except for CPU cores split into devices.
 
-    The split (two CPU cores as two data-parallel devices) is opt-in: XLA:CPU's in-process
-    all-reduce has deadlocked with it (BENCHMARKS.md). Split cores are a speed-up, not a request,
-    so with the default mesh they follow the batch: the most cores whose count divides its `rows`.
-    Devices that are real (accelerators) or forced (XLA_FLAGS) must fit exactly.
+    The user's split (JAX_NUM_CPU_DEVICES: two CPU cores as two data-parallel devices) is opt-in:
+    XLA:CPU's in-process all-reduce has deadlocked with it (BENCHMARKS.md). Split cores are a
+    speed-up, not a request, so with the default mesh they follow the batch: the most cores whose
+    count divides its `rows`. Cores split by `split_cores_for_runs` serve stacked runs only, so a
+    single run keeps one device. Devices that are real (accelerators) or forced (XLA_FLAGS) must fit.
     """
     devices = jax.devices()
     split_cores = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0
     if not split_cores or (cfg.data, cfg.fsdp) != (-1, 1) or jax.process_count() > 1:
         return devices
+    if _cores_split_for_runs:
+        return devices[:1]
     return devices[:max(n for n in range(1, len(devices) + 1) if rows % n == 0)]
+
+
+_cores_split_for_runs = False
+
+
+def split_cores_for_runs() -> None:
+    """On a CPU host, make each core a JAX device, for runs stacked side by side (train.py --seeds).
+
+    Stacked runs are independent, so each core can train its own share of them with no
+    collective at all (the all-reduce that makes the user's split opt-in never runs): 1.1-1.2x
+    the seeds' throughput on 2 cores (BENCHMARKS.md, "Seeds together"). Call it before JAX starts
+    its backend; a count the user set (JAX_NUM_CPU_DEVICES, XLA_FLAGS) wins, and accelerators
+    leave the CPU devices unused.
+    """
+    global _cores_split_for_runs
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
+            or jax.config.jax_num_cpu_devices > 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", cores)
+    except RuntimeError:  # JAX has started already (a notebook, a test process): keep its devices
+        return
+    _cores_split_for_runs = True
+
+
+def runs_mesh(mesh: Mesh, n_runs: int) -> Mesh:
+    """The mesh for n_runs stacked runs: `mesh` with a leading `runs` axis.
+
+    On cores split for runs, the runs axis spreads them over the most cores whose count divides
+    n_runs, each core holding whole runs; anywhere else it has size 1 and every run is laid out
+    on `mesh` as it would be alone.
+    """
+    devices = jax.devices()
+    if _cores_split_for_runs and mesh.size == 1 and jax.process_count() == 1:
+        k = max(c for c in range(1, len(devices) + 1) if n_runs % c == 0)
+        return Mesh(np.asarray(devices[:k]).reshape(k, 1, 1), (RUNS, *mesh.axis_names), AUTO * 3)
+    return Mesh(mesh.devices[None], (RUNS, *mesh.axis_names), AUTO * 3)
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
@@ -127,8 +170,8 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     if data * fsdp != n:
         raise MeshError(f"mesh data={cfg.data} x fsdp={cfg.fsdp} does not fit {n} devices; "
                         f"make mesh.data x mesh.fsdp equal {n} (or set one to -1)")
-    # jax.make_mesh orders TPU devices by their physical links; Auto axes let XLA place what we leave open.
-    return jax.make_mesh((data, fsdp), MESH_AXES, (jax.sharding.AxisType.Auto,) * 2, devices=devices)
+    # jax.make_mesh orders TPU devices by their physical links.
+    return jax.make_mesh((data, fsdp), MESH_AXES, AUTO * 2, devices=devices)
 
 
 def spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh) -> P:
@@ -181,8 +224,12 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Batches are [..., rows, time]: rows split over the batch axes, everything else whole."""
-    return NamedSharding(mesh, P(*(None,) * (ndim - 2), RULES["batch"], None))
+    """Batches are [..., rows, time]: rows split over the batch axes, everything else whole; on a
+    runs mesh, stacked batches [runs, ..., rows, time] are split over the runs axis too."""
+    lead = [None] * (ndim - 2)
+    if lead and RUNS in mesh.axis_names:
+        lead[0] = RUNS
+    return NamedSharding(mesh, P(*lead, RULES["batch"], None))
 
 
 def n_batch_shards(mesh: Mesh) -> int:

@@ -1,6 +1,10 @@
 """Seeds in one program: each seed of a vmapped stack trains as its own separate run would."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,7 +15,7 @@ from gptjax.train import seeds, trainer
 from gptjax.train.loop import TrainingError
 from gptjax.train.tracking import read_metrics
 
-from .conftest import run_script
+from .conftest import ROOT, run_script
 
 # Dropout on, so each seed's own dropout keys count; grad_accum 2, so each seed's micro-batches do.
 COMMON = ["model.dropout=0.1", "train.grad_accum=2", "train.eval_every=4", "train.log_every=2",
@@ -79,6 +83,38 @@ def test_seeds_from_the_command_line_write_ordinary_runs(separate, tmp_path):
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
         "error: --seeds must be a positive integer, got 0")
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the seeds spread over CPU cores: needs two")
+def test_seeds_spread_over_the_cpu_cores_train_as_their_separate_runs(separate, tmp_path):
+    """`train.py --seeds 2` in a fresh process makes each CPU core a device and gives each core one seed:
+    every logged number still equals the seed's separate run (one device) to 1e-5, and a single run in
+    the same kind of process keeps one device (the split serves stacks, which need no all-reduce)."""
+    done = run_script("train.py", "tiny", *COMMON, "train.steps=8", "train.seed=5", f"run.out_dir={tmp_path}",
+                      "--seeds", "2")
+    assert done.returncode == 0, done.stderr
+    assert "training 2 seeds together on 2 CPU cores, 1 on each" in done.stdout + done.stderr
+    for i, seed in enumerate((5, 6)):
+        assert_same(curves(tmp_path / f"seed={i}"), curves(separate / str(seed)), seed)
+    out = subprocess.run([sys.executable, "-c", SPLIT_PROBE], capture_output=True, text=True, cwd=ROOT,
+                         env={k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    cores = len(os.sched_getaffinity(0))
+    most = lambda n: max(k for k in range(1, cores + 1) if n % k == 0)
+    # On 2 cores: 4 seeds go 2 to a core, 3 seeds stay on one.
+    assert json.loads(out.stdout) == {"devices": cores, "single_run": 1, "4 seeds": most(4), "3 seeds": most(3)}
+
+
+SPLIT_PROBE = """
+import json
+from gptjax import sharding
+sharding.split_cores_for_runs()
+import jax
+from gptjax.config import MeshConfig
+mesh = sharding.make_mesh(MeshConfig(), sharding.mesh_devices(MeshConfig(), 12))
+print(json.dumps({"devices": jax.device_count(), "single_run": mesh.size,
+                  **{f"{n} seeds": sharding.runs_mesh(mesh, n).shape["runs"] for n in (4, 3)}}))
+"""
 
 
 def test_a_non_finite_stack_names_its_seeds_and_stops_as_one_run_would(tmp_path):

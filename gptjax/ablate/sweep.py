@@ -95,6 +95,10 @@ def with_vocab(cfg: Config) -> Config:
 def run(spec: grid.Spec, command: str = "", together: bool = True) -> None:
     """Train every run of the sweep that is not finished, then write the report (`together`: each point's
     seeds in one vmapped step)."""
+    if together and spec.seeds > 1:
+        from gptjax import sharding
+
+        sharding.split_cores_for_runs()  # before JAX starts: the stacks may spread over the CPU cores
     sweep_dir = Path(spec.out)
     points = grid.plan(spec, with_vocab)
     for point in points:

@@ -64,8 +64,12 @@ def train(cfgs: list[Config]) -> list[dict]:
         opened = [trainer.open_run(c, ds, single, source, closing, progress=i == 0) for i, c in enumerate(cfgs)]
         starts = sorted({r.start for r in opened})
         if len(starts) == 1:
+            stack_mesh = sharding.runs_mesh(mesh, len(cfgs))
+            if stack_mesh.shape[sharding.RUNS] > 1:
+                opened[0].tracker.message(f"training {len(cfgs)} seeds together on {stack_mesh.shape[sharding.RUNS]} "
+                                          f"CPU cores, {len(cfgs) // stack_mesh.shape[sharding.RUNS]} on each")
             with trainer.stop_requests() as stop:
-                loop = Stack(cfgs, ds, mesh, single, build(cfg, mesh, stacked=len(cfgs)), opened, stop)
+                loop = Stack(cfgs, ds, stack_mesh, single, build(cfg, stack_mesh, stacked=len(cfgs)), opened, stop)
                 last = loop.run(loop.stack([r.state for r in opened]), starts[0])
             return last if isinstance(last, list) else [{} for _ in cfgs]
         opened[0].tracker.message(f"the seeds' checkpoints are at different steps ({', '.join(map(str, starts))}): "
@@ -96,10 +100,23 @@ class Stack(Loop):
                  opened: list[trainer.OpenRun], stop=None):
         super().__init__(cfgs[0], ds, mesh, stacked, opened[0].ckpts, opened[0].tracker, stop)
         self.cfgs, self.single, self.opened = cfgs, single, opened
-        self.stack = jax.jit(lambda states: jax.tree.map(lambda *a: jnp.stack(a), *states),
-                             out_shardings=stacked.state_shardings)
-        self.take = jax.jit(lambda state, i: jax.tree.map(lambda a: a[i], state),
-                            out_shardings=single.state_shardings)
+        # States move between a run's own devices and the stack's by device_put, copies rather than
+        # collectives: on cores split for runs the two are different devices.
+        self.on_single = jax.tree.map(lambda s: sharding.NamedSharding(s.mesh, sharding.P(None, *s.spec)),
+                                      single.state_shardings)
+        self._stack = jax.jit(lambda states: jax.tree.map(lambda *a: jnp.stack(a), *states),
+                              out_shardings=self.on_single)
+        self._take = jax.jit(lambda state, i: jax.tree.map(lambda a: a[i], state),
+                             out_shardings=single.state_shardings)
+
+    def stack(self, states: list[TrainState]) -> TrainState:
+        """The runs' states (each on its own devices) as one stacked state on the stack's."""
+        return jax.device_put(self._stack(states), self.pieces.state_shardings)
+
+    def unstack(self, state: TrainState) -> list[TrainState]:
+        """Each run's state, back on its own devices."""
+        moved = jax.device_put(state, self.on_single)
+        return [self._take(moved, i) for i in range(len(self.cfgs))]
 
     def batches(self, make) -> tuple[jax.Array, jax.Array]:
         """Each seed's (x, y) from make(cfg), stacked and placed: [N, ..., rows, time]."""
@@ -158,9 +175,9 @@ class Stack(Loop):
         return rows
 
     def save(self, state: TrainState, step: int, last) -> None:
-        for i, (c, run) in enumerate(zip(self.cfgs, self.opened)):
+        for i, (c, run, alone) in enumerate(zip(self.cfgs, self.opened, self.unstack(state))):
             row = last[i] if isinstance(last, list) and last[i].get("step") == step else {}
-            save(run.ckpts, c, self.take(state, i), step, row)
+            save(run.ckpts, c, alone, step, row)
 
     def newest_checkpoint(self) -> int | None:
         steps = []

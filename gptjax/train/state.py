@@ -31,8 +31,9 @@ class Pieces:
 
 
 def build(cfg: Config, mesh, stacked: int = 0) -> Pieces:
-    """The run's pieces; with `stacked` = N, for N runs' states stacked on a new leading axis, which stays
-    whole on every device (each run is laid out as it would be alone), and steps vmapped over it."""
+    """The run's pieces; with `stacked` = N, for N runs' states stacked on a new leading axis laid along
+    the `runs` axis of `mesh` (sharding.runs_mesh; each run is laid out as it would be alone), and steps
+    vmapped over it."""
     graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
     tx = optim.make(cfg.train)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -42,7 +43,8 @@ def build(cfg: Config, mesh, stacked: int = 0) -> Pieces:
     abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract_params, abstract_opt,
                           jax.ShapeDtypeStruct((2,), jnp.uint32))
     if stacked:
-        shardings = jax.tree.map(lambda s: sharding.NamedSharding(s.mesh, sharding.P(None, *s.spec)), shardings)
+        shardings = jax.tree.map(lambda s: sharding.NamedSharding(s.mesh, sharding.P(sharding.RUNS, *s.spec)),
+                                 shardings)
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((stacked, *a.shape), a.dtype), abstract)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return Pieces(graphdef, shardings, abstract, tx,

@@ -89,15 +89,20 @@ def jit_train_step(graphdef, tx, schedule, state_shardings=None, mesh=None, skip
     """The jitted step; the incoming state is donated so XLA updates it in place.
 
     With a mesh, the step is traced under it so the model's activation constraints apply.
-    `stacked`: states and batches carry a leading axis of runs (gptjax.train.seeds), each updated
-    as it would be alone.
+    `stacked`: states and batches carry a leading axis of runs (gptjax.train.seeds), laid along the
+    mesh's `runs` axis, each updated as it would be alone.
     """
     step = partial(train_step, graphdef, tx, schedule, skip_nonfinite=skip_nonfinite)
-    step = jax.vmap(step) if stacked else step
+    step = _over_runs(step) if stacked else step
     return jax.jit(step if mesh is None else sharding.traced_under(mesh, step), donate_argnums=0,
                    out_shardings=(state_shardings, None) if state_shardings is not None else None)
 
 
 def jit_eval_step(graphdef, mesh=None, stacked: bool = False):
-    step = jax.vmap(partial(eval_step, graphdef)) if stacked else partial(eval_step, graphdef)
+    step = _over_runs(partial(eval_step, graphdef)) if stacked else partial(eval_step, graphdef)
     return jax.jit(step if mesh is None else sharding.traced_under(mesh, step))
+
+
+def _over_runs(step):
+    # The runs axis joins every activation constraint inside, so no run's activations leave its device.
+    return jax.vmap(step, spmd_axis_name=sharding.RUNS)
