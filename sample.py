@@ -2,7 +2,8 @@
 
 import sys
 
+from gptjax import runtime
 from gptjax.cli import sample as main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    runtime.exit_at_once(main(sys.argv[1:]))

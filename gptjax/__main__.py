@@ -1,7 +1,5 @@
 """`python -m gptjax COMMAND ...`: the same as the `gptjax` console script."""
 
-import sys
+from gptjax.cli import entry
 
-from gptjax.cli import main
-
-sys.exit(main())
+entry()

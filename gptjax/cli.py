@@ -124,6 +124,14 @@ COMMANDS = {
 }
 
 
+def entry() -> None:
+    """The `gptjax` console script and `python -m gptjax`: main(), then a sampler's process ends at once."""
+    code = main()
+    if sys.argv[1:2] == ["sample"]:
+        runtime.exit_at_once(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
