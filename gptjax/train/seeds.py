@@ -65,9 +65,9 @@ def train(cfgs: list[Config]) -> list[dict]:
         starts = sorted({r.start for r in opened})
         if len(starts) == 1:
             stack_mesh = sharding.runs_mesh(mesh, len(cfgs))
-            if stack_mesh.shape[sharding.RUNS] > 1:
-                opened[0].tracker.message(f"training {len(cfgs)} seeds together on {stack_mesh.shape[sharding.RUNS]} "
-                                          f"CPU cores, {len(cfgs) // stack_mesh.shape[sharding.RUNS]} on each")
+            if (cores := stack_mesh.shape[sharding.RUNS]) > 1:
+                opened[0].tracker.message(f"training {len(cfgs)} seeds together on {cores} CPU cores, "
+                                          f"{len(cfgs) // cores} on each")
             with trainer.stop_requests() as stop:
                 loop = Stack(cfgs, ds, stack_mesh, single, build(cfg, stack_mesh, stacked=len(cfgs)), opened, stop)
                 last = loop.run(loop.stack([r.state for r in opened]), starts[0])
