@@ -103,6 +103,9 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+_cores_split_for_runs = False  # set by split_cores_for_runs: the CPU cores serve stacked runs
+
+
 def mesh_devices(cfg: MeshConfig, rows: int) -> list:
     """The devices for a run's mesh: all of them, except for CPU cores split into devices.
 
@@ -120,8 +123,6 @@ def mesh_devices(cfg: MeshConfig, rows: int) -> list:
         return devices[:1]
     return devices[:max(n for n in range(1, len(devices) + 1) if rows % n == 0)]
 
-
-_cores_split_for_runs = False
 
 
 def split_cores_for_runs() -> None:
