@@ -18,10 +18,11 @@ def _help_epilog(argv: list[str]) -> str:
     """The key list for --help; after a config (and overrides), with the values that config resolves to."""
     from gptjax import config
 
-    words = [a for a in argv if not a.startswith("-")]
-    if not {"-h", "--help"} & set(argv) or not words:
-        return config.help_text()
-    name, overrides = (None, words) if "=" in words[0] else (words[0], words[1:])
+    words = [a for i, a in enumerate(argv) if not a.startswith("-") and argv[i - 1:i] != ["--seeds"]]
+    if not {"-h", "--help"} & set(argv):
+        return ""  # only --help shows the keys: a bad flag's one line needs none of them
+    # No config named: the values are the default preset's, the one a bare `gptjax train` trains.
+    name, overrides = (None, words) if not words or "=" in words[0] else (words[0], words[1:])
     return config.help_text(config.load(name, overrides), name or config.DEFAULT_CONFIG)
 
 
@@ -33,7 +34,7 @@ def train(argv: list[str]) -> int:
     except errors.UserError as e:  # a bad config named beside --help: say so, as a run would
         print(f"error: {e}", file=sys.stderr)
         return 2
-    parser = errors.ArgumentParser(prog="train.py", description=TRAIN_DOC, epilog=epilog,
+    parser = errors.ArgumentParser(prog="gptjax train", description=TRAIN_DOC, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help=f"config file or preset name (default: {config.DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings, e.g. model.n_layer=4")
@@ -67,7 +68,7 @@ def train(argv: list[str]) -> int:
 
 def sample_parser() -> errors.ArgumentParser:
     parser = errors.ArgumentParser(
-        prog="sample.py", description="Sample text from a trained run: gptjax sample RUN_DIR [--prompt TEXT] ...")
+        prog="gptjax sample", description="Sample text from a trained run: gptjax sample RUN_DIR [--prompt TEXT] ...")
     parser.add_argument("run_dir", help="a run directory written by train.py")
     parser.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate per sample")
@@ -122,6 +123,33 @@ COMMANDS = {
     "convert": "gptjax.interop.convert:main",
     "bench": "gptjax.bench:main",
 }
+SUMMARIES = {
+    "train": "train a GPT from a config (re-run to resume)",
+    "sample": "generate text from a trained run",
+    "sweep": "train a grid of configs (ablations) and report on them",
+    "inspect": "look inside a trained model: parameters, attention, heads, logit lens, report",
+    "convert": "Hugging Face GPT-2 checkpoints in and out of run directories",
+    "bench": "time the train step, evaluation and sampling of a config",
+}
+USAGE = "usage: gptjax COMMAND [ARGS ...]   (gptjax COMMAND --help for each)"
+
+
+def overview() -> str:
+    """`gptjax --help`: every command with its one line."""
+    width = max(map(len, COMMANDS))
+    lines = [USAGE, "", "Train small GPTs in JAX/Flax.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {SUMMARIES[name]}" for name in COMMANDS]
+    lines += ["", "options:", "  -h, --help  show this message", "  --version   show gptjax's version"]
+    return "\n".join(lines)
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"gptjax {metadata.version('gptjax')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "gptjax (not installed)"
 
 
 def entry() -> None:
@@ -135,11 +163,14 @@ def entry() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        usage = "usage: gptjax {" + ",".join(COMMANDS) + "} ...  (gptjax COMMAND --help for each)"
+        if argv[:1] == ["--version"]:
+            print(version())
+            return 0
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command {argv[0]!r}; {usage}", file=sys.stderr)
+            print(f"error: unknown command {argv[0]!r}{errors.did_you_mean(argv[0], COMMANDS)}; "
+                  f"commands: {', '.join(COMMANDS)} (gptjax --help)", file=sys.stderr)
             return 2
-        print(usage)
+        print(overview())
         return 0 if argv else 2
     runtime.configure(compilation_cache=argv[0] != "bench")  # bench times compilation: no cache hits
     module, _, function = COMMANDS[argv[0]].partition(":")

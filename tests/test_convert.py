@@ -291,12 +291,12 @@ def test_resuming_a_converted_run_starts_at_step_0_with_its_weights_and_a_fresh_
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(fresh)))
 
 
-@pytest.mark.slow  # a fresh process, through the old module path
+@pytest.mark.slow  # a fresh process, through `python -m gptjax`
 def test_cli_round_trip_is_bit_identical_and_sample_py_reads_the_run(tmp_path, capsys):
     import sample  # the entry point, run in this process to save a start-up
 
     src = write_hf_folder(tmp_path / "hf", n_layer=1, n_head=2, n_embd=8, vocab_size=50257, n_positions=16)
-    result = subprocess.run([sys.executable, "-m", "gptjax.convert", "from-hf", str(src), str(tmp_path / "run")],
+    result = subprocess.run([sys.executable, "-m", "gptjax", "convert", "from-hf", str(src), str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0 and "sample with python sample.py" in result.stdout, result.stderr
     assert sample.main([str(tmp_path / "run"), "--prompt", "Hello", "--temperature", "0", "--max-new-tokens", "5"]) == 0

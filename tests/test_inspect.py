@@ -253,9 +253,9 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, args, message):
     assert err.count("\n") == 1 and err.startswith("error:")
 
 
-@pytest.mark.slow  # a fresh process, through the old module path
+@pytest.mark.slow  # a fresh process, through `python -m gptjax`
 def test_module_entry_point_reports_bad_input_in_one_line(run_dir):
-    result = subprocess.run([sys.executable, "-m", "gptjax.inspect", "attention", str(run_dir[0]), "--prompt", "K",
+    result = subprocess.run([sys.executable, "-m", "gptjax", "inspect", "attention", str(run_dir[0]), "--prompt", "K",
                              "--layer", "9"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --layer 9 does not exist: the model has 2 layers, numbered 0 to 1"

@@ -76,7 +76,7 @@ def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gptjax convert", description=__doc__,
+    parser = errors.ArgumentParser(prog="gptjax convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)

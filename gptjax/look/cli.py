@@ -22,15 +22,9 @@ EPILOG = """examples:
   gptjax inspect lens runs/shakespeare_char_cpu --prompt "ROMEO:" --out lens.png"""  # commands.EPILOG follows
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # One line, as for every other mistake, instead of argparse's usage block.
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="gptjax inspect", description=__doc__.splitlines()[0], epilog=EPILOG + commands.EPILOG,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(prog="gptjax inspect", description=__doc__.splitlines()[0],
+                              epilog=EPILOG + commands.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, func, run_dir: bool = True):
