@@ -1,14 +1,18 @@
 """The first hour, again (issue 29): the command line, nothing silent, files a user can read."""
 
 import importlib
+import os
 
 import pytest
 
 import gptjax
-from gptjax import bench, cli
+from gptjax import bench, cli, config
 from gptjax.ablate import sweep
+from gptjax.data.tokenizer import ASSETS, GPT2Tokenizer
 from gptjax.interop import convert
-from tests.conftest import run_main
+from gptjax.train import trainer
+from tests.conftest import run_in_process, run_main
+from tests.test_convert import write_hf_folder
 
 
 def test_gptjax_help_lists_every_command_with_one_line():
@@ -51,3 +55,67 @@ def test_the_old_module_paths_are_gone():
     for old in ("gptjax.convert", "gptjax.inspect", "gptjax.sweep"):
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(old)
+
+
+# ---------------------------------------------------------------------------
+# Files a user can read: a folder of runs named, exports that follow the umask and carry their tokenizer
+
+def test_sample_on_a_folder_of_seeds_names_the_runs_inside(tmp_path):
+    for i in (0, 1, 2, 10):
+        (tmp_path / f"seed={i}").mkdir()
+        (tmp_path / f"seed={i}" / "config.yaml").write_text("{}")
+    result = run_in_process("sample.py", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {tmp_path} is not a run directory (no config.yaml); it holds 4 runs "
+                             f"(seed=0, seed=1, seed=2, seed=10): give one of them, e.g. {tmp_path / 'seed=0'}\n")
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("char") / "run"
+    trainer.train(config.load("tiny", [f"run.out_dir={run}", "train.steps=10"]))
+    return run
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """A GPT-2-vocabulary model with random weights, as `convert from-hf` makes one."""
+    src = write_hf_folder(tmp_path_factory.mktemp("bpe") / "hf", n_layer=1, n_head=2, n_embd=16, vocab_size=50257,
+                          n_positions=24)
+    return convert.from_hf(str(src), src.parent / "run")
+
+
+def test_exported_files_follow_the_umask(char_run, tmp_path):
+    old = os.umask(0o002)
+    try:
+        out = convert.to_hf(char_run, tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {"0o664"}, modes
+
+
+@pytest.mark.parametrize("which, prompt, files", [
+    ("char_run", "ROMEO:", {"tokenizer.json"}),
+    ("bpe_run", "Hello, world", {"vocab.json", "merges.txt"}),
+])
+def test_the_exported_pipeline_writes_what_greedy_sample_py_writes(which, prompt, files, request, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="needs the [hf] extra")
+    run = request.getfixturevalue(which)
+    out = convert.to_hf(run, tmp_path / "out")
+    assert files <= {p.name for p in out.iterdir()}
+    new = 12
+    ours = run_in_process("sample.py", run, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", new)
+    assert ours.returncode == 0, ours.stderr
+    pipe = transformers.pipeline("text-generation", model=str(out), device="cpu")
+    theirs = pipe(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0]["generated_text"]
+    assert ours.stdout == theirs + "\n"
+
+
+def test_exported_gpt2_tokenizer_encodes_as_tiktoken_does(bpe_run, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="needs the [hf] extra")
+    out = convert.to_hf(bpe_run, tmp_path / "out")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = (ASSETS / "tinyshakespeare.txt").read_text()[:5000] + "  It's 42 ℃ — naïve café 😀\n\n\t end "
+    ids = GPT2Tokenizer().encode(text)
+    assert tok.encode(text) == ids and tok.decode(ids) == text and tok.eos_token_id == 50256

@@ -1,7 +1,7 @@
 """Hugging Face GPT-2 checkpoints in and out of gptjax run directories.
 
   gptjax convert from-hf SRC RUN_DIR   SRC: a local HF GPT-2 folder, or gpt2[-medium|-large|-xl] (hub)
-  gptjax convert to-hf RUN_DIR OUT     writes OUT/config.json + OUT/model.safetensors
+  gptjax convert to-hf RUN_DIR OUT     writes OUT/config.json + OUT/model.safetensors + the tokenizer's files
 
 A converted run directory is an ordinary one whose step-0 checkpoint holds weights only:
 sample.py reads it as is, and training it (in place, or as `train.init_from`) starts a
@@ -21,7 +21,7 @@ from flax import nnx
 from gptjax import errors
 from gptjax.config import Config, DataConfig, RunConfig
 from gptjax.data import tokenizer as tokenizers
-from gptjax.interop import hf
+from gptjax.interop import hf, tokenizer_files
 from gptjax.interop.hf import ConvertError
 from gptjax.model import abstract_model
 from gptjax.train import runs
@@ -65,13 +65,15 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
 
 
 def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -> Path:
-    """Write a run's checkpoint as config.json + model.safetensors for transformers' GPT2LMHeadModel."""
+    """Write a run's checkpoint as config.json + model.safetensors for transformers' GPT2LMHeadModel, and its
+    tokenizer as AutoTokenizer reads it (GPT-2's vocab.json + merges.txt, or a char-level tokenizer.json)."""
     run = runs.load(run_dir, step)
     out = Path(out)
     if (out / runs.CONFIG_FILE).exists():
         raise ConvertError(f"{out} is a gptjax run directory; give a separate OUT folder for the Hugging Face files")
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(run.params))
     hf.write(out, run.cfg.model, params, run.tokenizer.eot_id)
+    tokenizer_files.write(out, run.tokenizer, run.cfg.model.n_ctx)
     return out
 
 
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> int:
     pull.add_argument("run_dir", help="new run directory to write")
     push = commands.add_parser("to-hf", help="gptjax run directory -> Hugging Face GPT-2")
     push.add_argument("run_dir", help="a run directory written by train.py or from-hf")
-    push.add_argument("out", help="folder for config.json + model.safetensors")
+    push.add_argument("out", help="folder for config.json, model.safetensors and the tokenizer's files")
     push.add_argument("--step", default="latest", help="checkpoint to export: latest, best, or a step number")
     args = parser.parse_args(argv)
 
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> int:
             print(f"wrote {from_hf(args.src, args.run_dir)}: sample with python sample.py {args.run_dir}")
         else:
             print(f"wrote {to_hf(args.run_dir, args.out, args.step)}: load with "
-                  f"GPT2LMHeadModel.from_pretrained({str(args.out)!r})")
+                  f"pipeline('text-generation', model={str(args.out)!r}) or GPT2LMHeadModel.from_pretrained")
 
     return errors.run_cli(run, debug=args.debug)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from gptjax.config import ModelConfig
 from gptjax.errors import UserError, first_line
+from gptjax.files import follow_umask
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_VOCAB = 50257
@@ -225,4 +226,5 @@ def write(out: Path, cfg: ModelConfig, params: dict, eos_id: int | None) -> None
     out.mkdir(parents=True, exist_ok=True)
     # transformers reads the "format" metadata to know the file came from a PyTorch-layout model.
     save_file(to_tensors(params, cfg), out / "model.safetensors", metadata={"format": "pt"})
+    follow_umask(out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(hf_config(cfg, eos_id), indent=2) + "\n")

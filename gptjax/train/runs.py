@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -260,12 +261,25 @@ def load_config(run_dir: str | Path) -> config_lib.Config:
     """The run's resolved config, without touching its checkpoints."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
-                              f"give the out_dir of a train.py run")
+        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); {_runs_inside(run_dir)}")
     try:
         return config_lib.from_dict(_read_config_tree(run_dir))
     except config_lib.ConfigError as e:
         raise RunError(f"{run_dir / CONFIG_FILE} is damaged: {e}") from None
+
+
+def _runs_inside(folder: Path) -> str:
+    """What to give instead of a folder of runs (a --seeds run's seed=i, a sweep's points), or the usual hint."""
+    inside = sorted((p for p in folder.glob("*") if (p / CONFIG_FILE).is_file()), key=lambda p: _natural(p.name))
+    if not inside:
+        return "give the out_dir of a train.py run"
+    names = ", ".join(p.name for p in inside[:6]) + (", ..." if len(inside) > 6 else "")
+    return f"it holds {len(inside)} runs ({names}): give one of them, e.g. {inside[0]}"
+
+
+def _natural(name: str) -> tuple:
+    # seed=10 after seed=9
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def _pick_step(ckpts: Checkpoints, step, run_dir: Path) -> int:
