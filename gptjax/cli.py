@@ -58,10 +58,7 @@ def train(argv: list[str]) -> int:
         if args.seeds > 1 and not multi_host:
             sharding.split_cores_for_runs()
         cfgs = [cfg] if args.seeds == 1 else seeds.seed_configs(cfg, args.seeds)
-        rows = seeds.train(cfgs)  # one config: trainer.train
-        for c, last in zip(cfgs, rows):
-            if "val_loss" in last and sharding.is_main_process():
-                print(f"done: step {last['step']}, val loss {last['val_loss']:.4f}, run dir {c.run.out_dir}")
+        seeds.train(cfgs)  # one config: trainer.train; each run ends with its summary line
 
     return errors.run_cli(run, debug=args.debug)
 

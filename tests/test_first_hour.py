@@ -2,6 +2,8 @@
 
 import importlib
 import os
+import re
+import time
 
 import pytest
 
@@ -11,6 +13,7 @@ from gptjax.ablate import sweep
 from gptjax.data.tokenizer import ASSETS, GPT2Tokenizer
 from gptjax.interop import convert
 from gptjax.train import trainer
+from gptjax.train.tracking import Tracker, read_metrics
 from tests.conftest import run_in_process, run_main
 from tests.test_convert import write_hf_folder
 
@@ -119,3 +122,35 @@ def test_exported_gpt2_tokenizer_encodes_as_tiktoken_does(bpe_run, tmp_path):
     text = (ASSETS / "tinyshakespeare.txt").read_text()[:5000] + "  It's 42 ℃ — naïve café 😀\n\n\t end "
     ids = GPT2Tokenizer().encode(text)
     assert tok.encode(text) == ids and tok.decode(ids) == text and tok.eos_token_id == 50256
+
+
+# ---------------------------------------------------------------------------
+# Training's first screen and last line
+
+def test_training_says_what_it_does_first_and_ends_with_one_summary_line(tmp_path):
+    result = run_in_process("train.py", "tiny", f"run.out_dir={tmp_path}", "run.progress=true")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert re.fullmatch(r"step 0: train loss \d\.\d{4}, val loss \d\.\d{4}", out[0]), out
+    assert out[1] == "compiling the train step..."
+    rows = read_metrics(tmp_path)
+    best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
+    assert re.fullmatch(rf"done: step 20 \(20 steps in [\d.]+s, [\d,]+ tokens/s\); best val loss "
+                        rf"{best['val_loss']:.4f} at step {best['step']}; run dir {re.escape(str(tmp_path))}", out[-1])
+    assert sum(line.startswith("done:") for line in out) == 1
+    # The bar's first line after the compile has no rate yet, rather than one that counts the compile.
+    assert "1/20 [00:00<?, ?step/s" in result.stderr.replace("\r", "\n"), result.stderr
+
+
+def test_the_bar_leaves_the_compile_out_of_its_rate_and_eta(tmp_path):
+    cfg = config.load("tiny", ["run.progress=true", f"run.out_dir={tmp_path}"])
+    tracker = Tracker(tmp_path, cfg, 0, 1000, resumed=False)
+    time.sleep(0.5)  # the first step, compiling
+    tracker.compiled(1)
+    for _ in range(20):
+        time.sleep(0.01)
+        tracker.advance()
+    shown = tracker.bar.format_dict
+    assert shown["n"] == 21 and shown["elapsed"] < 0.45
+    assert shown["rate"] > 20  # steps of about 10 ms: a rate near 100/s, not the 2/s a 0.5 s compile would give
+    tracker.close()

@@ -91,19 +91,25 @@ class Loop:
         self.clock = Clock()
 
     def run(self, state: TrainState, start: int):
-        t, last = self.cfg.train, {}
+        t, last, began = self.cfg.train, {}, time.perf_counter()
         if start == 0:  # the untrained model, keyed as on every eval step
             last = self.log_start(state)
         elif start >= t.steps:
             self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
         step = start
+        if step < t.steps:
+            self.tracker.message("compiling the train step...")  # seconds to minutes, before the bar moves
         self.clock.restart()
         while step < t.steps:
             state, metrics = self.pieces.train_step(state, *self.batch(step))
             step += 1
             self.pending.append((step, metrics.pop("finite")))
-            self.tracker.advance()
-            self.clock.tick(state, first=step == start + 1)
+            first = step == start + 1
+            self.clock.tick(state, first=first)
+            if first:
+                self.tracker.compiled(step)
+            else:
+                self.tracker.advance()
             is_eval = step % t.eval_every == 0 or step == t.steps
             is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
             stopping = self.stop.signum is not None  # read once: a signal may land mid-iteration
@@ -123,6 +129,8 @@ class Loop:
                 self.interrupted(step)
         if self.stop.signum is not None:  # the signal came after the last step: it is saved
             self.interrupted(step)
+        if step > start:
+            self.finished(step, step - start, time.perf_counter() - began)
         return last
 
     # -- what depends on the runs one state holds (gptjax.train.seeds overrides these) --
@@ -132,7 +140,7 @@ class Loop:
 
     def log_start(self, state: TrainState) -> dict:
         row = {"step": 0, "train_loss": self.first_batch_loss(state), "lr": float(optim.schedule(self.cfg.train)(0)),
-               **self.eval_losses(state)}
+               **self.eval_row(state, 0)}
         self.tracker.log(0, row)
         return row
 
@@ -144,6 +152,14 @@ class Loop:
         self.skipped = 0
         self.tracker.log(step, row)
         return row
+
+    def finished(self, step: int, trained: int, wall_s: float) -> None:
+        self.tracker.finished(step, trained, wall_s, self.tokens_per_sec())
+
+    def tokens_per_sec(self) -> float | None:
+        """Each run's training speed over this session, compilation and evaluations left out."""
+        c = self.clock
+        return c.trained_steps * self.cfg.tokens_per_step / c.trained_s if c.trained_s else None
 
     def save(self, state: TrainState, step: int, last: dict) -> None:
         save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})

@@ -141,11 +141,11 @@ class Stack(Loop):
         t = self.cfg.train
         step0 = {c.train.seed: local_batch(c, self.ds, 0, self.mesh) for c in self.cfgs}  # as Loop.first_batch_loss
         first = self.losses(state.params, t.grad_accum, lambda c, i: tuple(a[i] for a in step0[c.train.seed]))
-        evals, lr = self.eval_rows(state, None), float(optim.schedule(t)(0))
+        evals, lr = self.eval_rows(state, 0), float(optim.schedule(t)(0))
         return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **e} for loss, e in zip(first, evals)])
 
-    def eval_rows(self, state: TrainState, step: int | None) -> list[dict]:
-        """Each seed's evaluation on its own fixed batches, as Loop.eval_losses (step None: step 0, unannounced)."""
+    def eval_rows(self, state: TrainState, step: int) -> list[dict]:
+        """Each seed's evaluation on its own fixed batches, as Loop.eval_losses."""
         start, rows_here = time.perf_counter(), sharding.process_rows(self.cfg.train.micro_batch_size, self.mesh)
         n = self.cfg.train.eval_batches
         out = {split: self.losses(state.params, n, functools.partial(eval_batch, tokens=self.ds.split(split),
@@ -154,9 +154,8 @@ class Stack(Loop):
         self.tracker.evaluated()
         self.clock.restart()
         seconds = time.perf_counter() - start
-        if step is not None:
-            vals = " / ".join(f"{v:.4f}" for v in out["val"])
-            self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
+        vals = " / ".join(f"{v:.4f}" for v in out["val"])
+        self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
         return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_s": seconds}
                 for tr, va in zip(out["train"], out["val"])]
 
@@ -173,6 +172,10 @@ class Stack(Loop):
         for run, row in zip(self.opened, rows):
             run.tracker.log(step, row)
         return rows
+
+    def finished(self, step: int, trained: int, wall_s: float) -> None:
+        for run in self.opened:  # each seed's line, at its own speed (tokens_per_sec is per seed)
+            run.tracker.finished(step, trained, wall_s, self.tokens_per_sec())
 
     def save(self, state: TrainState, step: int, last) -> None:
         for i, (c, run, alone) in enumerate(zip(self.cfgs, self.opened, self.unstack(state))):

@@ -35,7 +35,7 @@ class Tracker:
         """`resumed`: start_step's line comes from a restored checkpoint and stays (a fresh run logs step 0 anew)."""
         self.active = jax.process_index() == 0
         self.path = Path(run_dir) / METRICS_FILE
-        self.bar = self.wandb = self.file = None
+        self.bar = self.wandb = self.file = self.summary = None
         if not self.active:
             return
         self.rewind(start_step if resumed else start_step - 1)
@@ -102,12 +102,33 @@ class Tracker:
         if self.bar is not None:
             self.bar.update(n)
 
+    def compiled(self, step: int) -> None:
+        """The first step after a start is done, compiled: the bar counts it and starts its clock here, so its
+        rate and ETA are the training steps' own (a first step of 16 s once read as a nine-hour ETA)."""
+        if self.bar is not None:
+            self.bar.reset(self.bar.total)  # a new clock, and no rate remembered from the compile
+            self.bar.n = self.bar.last_print_n = self.bar.initial = step
+            self.bar.refresh()
+
+    def finished(self, step: int, trained: int, wall_s: float, tokens_per_sec: float | None) -> None:
+        """The run's last line, shown after the bar closes: steps, wall time, speed, best val loss, run dir."""
+        if not self.active:
+            return
+        evaluated = [r for r in read_metrics(self.path.parent) if isinstance(r.get("val_loss"), (int, float))]
+        best = min(evaluated, key=lambda r: r["val_loss"], default=None)
+        speed = f", {tokens_per_sec:,.0f} tokens/s" if tokens_per_sec else ""
+        loss = f"best val loss {best['val_loss']:.4f} at step {best['step']}" if best else "no val loss yet"
+        self.summary = (f"done: step {step} ({trained} steps in {duration(wall_s)}{speed}); {loss}; "
+                        f"run dir {self.path.parent}")
+
     def close(self) -> None:
         if not self.active:
             return
         self.file.close()
         if self.bar is not None:
             self.bar.close()
+        if self.summary:
+            print(self.summary)
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -127,11 +148,15 @@ def has_wandb_key() -> bool:
 
 
 class Clock:
-    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart."""
+    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart.
+
+    `trained_steps` and `trained_s` add up every interval read, for the run's overall speed.
+    """
 
     def __init__(self):
         self.restart()
         self.compile_s = None
+        self.trained_steps, self.trained_s = 0, 0.0
 
     def restart(self) -> None:
         self.since, self.steps = time.perf_counter(), 0
@@ -146,10 +171,21 @@ class Clock:
     def read(self, tokens_per_step: int) -> dict[str, float]:
         row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
         if self.steps:
-            row["tokens_per_sec"] = self.steps * tokens_per_step / (time.perf_counter() - self.since)
+            seconds = time.perf_counter() - self.since
+            row["tokens_per_sec"] = self.steps * tokens_per_step / seconds
+            self.trained_steps, self.trained_s = self.trained_steps + self.steps, self.trained_s + seconds
         self.compile_s = None
         self.restart()
         return row
+
+
+def duration(seconds: float) -> str:
+    """4.2s, 3m07s, 2h05m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
 
 
 def _plain(v):
