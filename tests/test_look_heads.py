@@ -282,3 +282,20 @@ def test_readme_notebook_example_runs(tmp_path):
     with contextlib.redirect_stdout(out):
         exec(example.replace("runs/shakespeare_char_cpu", str(tmp_path / "run")), {})
     assert "knocking out layer 1 head 3 moves the last logits by" in out.getvalue()
+
+
+def test_the_long_commands_show_count_rate_and_eta_on_stderr(hand_run, tmp_path, monkeypatch):
+    """heads, roles and report ran silent for minutes on the CPU recipe: each moves a bar as it goes."""
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn, however fast this small model is
+    run, _ = hooks.load(hand_run)
+    passes = heads.knockout_passes(run.cfg.model, run.cfg.train.eval_batches)
+    for argv, what, total in [(["heads", hand_run], "knock-outs", passes),
+                              (["roles", hand_run, "--sequences", "4"], "role scores", 4),
+                              (["report", hand_run, "--prompt", "acb", "--sequences", "4", "--out",
+                                tmp_path / "r.html"], "report", passes + 4 + 1)]:
+        result = run_main(inspect.main, list(map(str, argv)))
+        assert result.returncode == 0, result.stderr
+        drawn = result.stderr.replace("\r", "\n")
+        # a count out of the total, the time so far, an ETA and a rate
+        assert re.search(rf"{what}: +\d+%\|.*\| [1-9]\d*/{total} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/\w+|\w+/s)\]",
+                         drawn), drawn

@@ -33,18 +33,34 @@ def val_batches(run, n: int) -> list:
     return [trainer.eval_batch(run.cfg, ds.val, i) for i in range(n)]
 
 
-def knockouts(args, run, model):
+def knockouts(args, run, model, tick=None):
+    """Knock-outs on the val batches, on a bar of their forward passes (or on `tick`: the report's bar)."""
+    from gptjax import progress
     from gptjax.look import heads
 
-    return heads.knockouts(model, val_batches(run, args.batches or run.cfg.train.eval_batches), args.ablation)
+    batches = val_batches(run, args.batches or run.cfg.train.eval_batches)
+    if tick is not None:
+        return heads.knockouts(model, batches, args.ablation, tick)
+    with progress.bar(knockout_passes(args, run), "knock-outs", "batch", leave=False) as shown:
+        return heads.knockouts(model, batches, args.ablation, shown.update)
 
 
-def role_scores(args, run, model):
+def knockout_passes(args, run) -> int:
+    from gptjax.look import heads
+
+    return heads.knockout_passes(run.cfg.model, args.batches or run.cfg.train.eval_batches, args.ablation)
+
+
+def role_scores(args, run, model, tick=None):
+    from gptjax import progress
     from gptjax.look import heads
 
     ids = heads.repeated_sequences(run.tokenizer.vocab_size, run.cfg.model.n_ctx, run.tokenizer.bos_ids,
                                    args.sequences, args.seed)
-    return heads.role_scores(model, ids)
+    if tick is not None:
+        return heads.role_scores(model, ids, tick)
+    with progress.bar(len(ids), "role scores", "seq", leave=False) as shown:
+        return heads.role_scores(model, ids, shown.update)
 
 
 def attribute(run, model, ids: list[int], target: str | None):
@@ -104,6 +120,7 @@ def cmd_attribute(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from gptjax import progress
     from gptjax.look import report
 
     positive("--batches", args.batches)
@@ -114,8 +131,12 @@ def cmd_report(args) -> None:
     if len(ids) > report.MAX_TOKENS:
         raise InspectError(f"--prompt is {len(ids)} tokens; the report draws every head's attention over at most "
                            f"{report.MAX_TOKENS}, so give a shorter prompt")
-    page = report.build(str(args.run_dir), run, model, ids, knockouts(args, run, model), role_scores(args, run, model),
-                        *attribute(run, model, ids, args.target))
+    # One bar for the whole page: the knock-outs' forward passes, then the role sequences, then the rest.
+    with progress.bar(knockout_passes(args, run) + args.sequences + 1, "report", leave=False) as shown:
+        knocked, roles = knockouts(args, run, model, shown.update), role_scores(args, run, model, shown.update)
+        page = report.build(str(args.run_dir), run, model, ids, knocked, roles,
+                            *attribute(run, model, ids, args.target))
+        shown.update()
     report.write(page, out)
     print(f"wrote {args.out}: one self-contained page (open it in any browser, no server needed)")
 

@@ -21,6 +21,10 @@ from gptjax.look import hooks
 from gptjax.model import GPT
 
 ABLATIONS = ("zero", "mean")
+
+
+def _none(n: int = 1) -> None:
+    """No progress to show."""
 ROLES = ("previous-token", "duplicate-token", "induction")
 
 
@@ -41,27 +45,43 @@ def _batch_means(model: GPT, x_bt: jax.Array, patch: hooks.Patch):
     return cache.z_lbthk.mean((1, 2)), cache.attn_out_lbtd.mean((1, 2)), cache.mlp_out_lbtd.mean((1, 2))
 
 
-def activation_means(model: GPT, batches) -> tuple[jax.Array, jax.Array, jax.Array]:
+def activation_means(model: GPT, batches, tick=_none) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Each head's output z [L, H, K], and each attention and MLP output [L, D], averaged over batches and positions."""
     identity = hooks.Patch.identity(model.cfg)
-    parts = [_batch_means(model, jnp.asarray(x, jnp.int32), identity) for x, _ in batches]
+    parts = []
+    for x, _ in batches:
+        parts.append(jax.block_until_ready(_batch_means(model, jnp.asarray(x, jnp.int32), identity)))
+        tick()
     return tuple(jnp.mean(jnp.stack(p), 0) for p in zip(*parts))
 
 
-def mean_loss(model: GPT, batches, patch: hooks.Patch) -> float:
-    return float(np.mean([hooks.loss(model, x, y, patch) for x, y in batches]))
+def mean_loss(model: GPT, batches, patch: hooks.Patch, tick=_none) -> float:
+    """The patched model's mean loss over `batches`; tick() after each batch."""
+    losses = []
+    for x, y in batches:
+        losses.append(hooks.loss(model, x, y, patch))
+        tick()
+    return float(np.mean(losses))
 
 
-def knockouts(model: GPT, batches, ablation: str = "zero") -> Knockouts:
-    """The loss change on `batches` ((x_bt, y_bt) pairs) from knocking out each head, attention and MLP sublayer."""
+def knockout_passes(cfg, n_batches: int, ablation: str = "zero") -> int:
+    """The forward passes `knockouts` makes (its ticks): the unpatched model, each head and sublayer knocked out."""
+    return n_batches * (1 + cfg.n_layer * cfg.n_head + 2 * cfg.n_layer + (ablation == "mean"))
+
+
+def knockouts(model: GPT, batches, ablation: str = "zero", tick=_none) -> Knockouts:
+    """The loss change on `batches` ((x_bt, y_bt) pairs) from knocking out each head, attention and MLP sublayer.
+
+    tick() after each forward pass (knockout_passes of them): minutes of them on a CPU.
+    """
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     L, H = model.cfg.n_layer, model.cfg.n_head
     identity = hooks.Patch.identity(model.cfg)
-    z_lhk, attn_ld, mlp_ld = activation_means(model, batches) if ablation == "mean" else (None, None, None)
+    z_lhk, attn_ld, mlp_ld = activation_means(model, batches, tick) if ablation == "mean" else (None, None, None)
     fill = lambda means, *at: None if means is None else means[at]
-    base = mean_loss(model, batches, identity)
-    change = lambda patch: mean_loss(model, batches, patch) - base
+    base = mean_loss(model, batches, identity, tick)
+    change = lambda patch: mean_loss(model, batches, patch, tick) - base
     heads_lh = np.array([[change(identity.ablate_head(l, h, fill(z_lhk, l, h))) for h in range(H)] for l in range(L)])
     attn_l = np.array([change(identity.ablate_attn(l, fill(attn_ld, l))) for l in range(L)])
     mlp_l = np.array([change(identity.ablate_mlp(l, fill(mlp_ld, l))) for l in range(L)])
@@ -111,14 +131,18 @@ def _role_mass(model: GPT, idx_bt: jax.Array, patterns_rbts: jax.Array) -> jax.A
     return jnp.einsum("lbhts,rbts->rlbht", cache.probs_lbhts, patterns_rbts.astype(cache.probs_lbhts.dtype))
 
 
-def role_scores(model: GPT, idx_bt: np.ndarray) -> dict[str, np.ndarray]:
-    """Each role's score per head, [L, H] in [0, 1]: 1 is a head that puts all its attention where the role says."""
+def role_scores(model: GPT, idx_bt: np.ndarray, tick=_none) -> dict[str, np.ndarray]:
+    """Each role's score per head, [L, H] in [0, 1]: 1 is a head that puts all its attention where the role says.
+    tick() after each sequence."""
     patterns = role_patterns(idx_bt)
     patterns_rbts = np.stack([patterns[r] for r in ROLES])
     # One sequence at a time: GPT-2's 12 x 12 heads at n_ctx 1024 hold 600 MB of weights per sequence.
-    mass_rlbht = np.concatenate([np.asarray(_role_mass(model, jnp.asarray(idx_bt[b:b + 1], jnp.int32),
-                                                       jnp.asarray(patterns_rbts[:, b:b + 1])), np.float64)
-                                 for b in range(len(idx_bt))], axis=2)
+    masses = []
+    for b in range(len(idx_bt)):
+        masses.append(np.asarray(_role_mass(model, jnp.asarray(idx_bt[b:b + 1], jnp.int32),
+                                            jnp.asarray(patterns_rbts[:, b:b + 1])), np.float64))
+        tick()
+    mass_rlbht = np.concatenate(masses, axis=2)
     rows_rbt = patterns_rbts.any(-1)  # the queries that have a key of the role
     scores = (mass_rlbht * rows_rbt[:, None, :, None]).sum((2, 4)) / rows_rbt.sum((1, 2))[:, None, None]
     return dict(zip(ROLES, scores))

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import jax
-from tqdm.auto import tqdm
 
+from gptjax import progress
 from gptjax.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -40,7 +40,7 @@ class Tracker:
             return
         self.rewind(start_step if resumed else start_step - 1)
         if cfg.run.progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+            self.bar = progress.bar(total_steps, unit="step", initial=start_step)
         if cfg.run.wandb != "off":
             import wandb
 
