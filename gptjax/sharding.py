@@ -146,18 +146,28 @@ def split_cores_for_runs() -> None:
     _cores_split_for_runs = True
 
 
-def runs_mesh(mesh: Mesh, n_runs: int) -> Mesh:
-    """The mesh for n_runs stacked runs: `mesh` with a leading `runs` axis.
+def runs_meshes(mesh: Mesh, n_runs: int) -> list[tuple[Mesh, int]]:
+    """Where n_runs stacked runs train: [(mesh with a leading `runs` axis, how many of the runs it holds)].
 
-    On cores split for runs, the runs axis spreads them over the most cores whose count divides
-    n_runs, each core holding whole runs; anywhere else it has size 1 and every run is laid out
-    on `mesh` as it would be alone.
+    On cores split for runs, each core holds whole runs, spread as evenly as the cores allow. When
+    they do not divide the runs, the runs split into two stacks side by side (3 on 2 cores: 2 on one
+    core, 1 on the other), each its own program: one stack on one core would train all 3 at the pace
+    of 3, two at the pace of 2 (BENCHMARKS.md, "Seeds together"). Anywhere else: one stack, its runs
+    axis of size 1, every run laid out on `mesh` as it would be alone.
     """
     devices = jax.devices()
-    if _cores_split_for_runs and mesh.size == 1 and jax.process_count() == 1:
-        k = max(c for c in range(1, len(devices) + 1) if n_runs % c == 0)
-        return Mesh(np.asarray(devices[:k]).reshape(k, 1, 1), (RUNS, *mesh.axis_names), AUTO * 3)
-    return Mesh(mesh.devices[None], (RUNS, *mesh.axis_names), AUTO * 3)
+    if not (_cores_split_for_runs and mesh.size == 1 and jax.process_count() == 1):
+        return [(Mesh(mesh.devices[None], (RUNS, *mesh.axis_names), AUTO * 3), n_runs)]
+    cores = min(len(devices), n_runs)
+    each, more = divmod(n_runs, cores)  # `more` cores hold one run more than the others
+    if not more:
+        return [(_runs_on(devices[:cores], mesh), n_runs)]
+    return [(_runs_on(devices[:more], mesh), more * (each + 1)), (_runs_on(devices[more:cores], mesh),
+                                                                  (cores - more) * each)]
+
+
+def _runs_on(devices: list, mesh: Mesh) -> Mesh:
+    return Mesh(np.asarray(devices).reshape(len(devices), 1, 1), (RUNS, *mesh.axis_names), AUTO * 3)
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:

@@ -44,13 +44,15 @@ def assert_same(stacked: dict, alone: dict, what) -> None:
             assert stacked[step][key] == pytest.approx(value, abs=1e-5, rel=1e-5), (what, step, key)
 
 
-def test_stacked_seeds_equal_separate_runs_through_a_resume(separate, tmp_path):
+def test_stacked_seeds_equal_separate_runs_through_a_resume(separate, tmp_path, capsys):
     """Trained together to step 4, then resumed together to step 8: every logged number of each seed
     equals its separate run's to 1e-5, and so do its final parameters."""
     base = config.load("tiny", [*COMMON, "train.seed=5", f"run.out_dir={tmp_path}"])
     cfgs = seeds.seed_configs(base.replace(train={"steps": 4}), 2)
     assert [c.train.seed for c in cfgs] == [5, 6]
     seeds.train(cfgs)
+    # Where the seeds train is said in every case, here where the cores are not split (JAX started unsplit).
+    assert "training 2 seeds together in one vmapped step on one CPU device\n" in capsys.readouterr().out
     assert all(max(curves(c.run.out_dir)) == 4 for c in cfgs)
     last = seeds.train(seeds.seed_configs(base.replace(train={"steps": 8}), 2))
     assert [row["step"] for row in last] == [8, 8]
@@ -93,16 +95,32 @@ def test_seeds_spread_over_the_cpu_cores_train_as_their_separate_runs(separate, 
     done = run_script("train.py", "tiny", *COMMON, "train.steps=8", "train.seed=5", f"run.out_dir={tmp_path}",
                       "--seeds", "2")
     assert done.returncode == 0, done.stderr
-    assert "training 2 seeds together on 2 CPU cores, 1 on each" in done.stdout + done.stderr
+    assert "training 2 seeds on 2 CPU cores: seed=0 on core 0; seed=1 on core 1" in done.stdout
     for i, seed in enumerate((5, 6)):
         assert_same(curves(tmp_path / f"seed={i}"), curves(separate / str(seed)), seed)
     out = subprocess.run([sys.executable, "-c", SPLIT_PROBE], capture_output=True, text=True, cwd=ROOT,
                          env={k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"})
     assert out.returncode == 0, out.stderr[-2000:]
     cores = len(os.sched_getaffinity(0))
-    most = lambda n: max(k for k in range(1, cores + 1) if n % k == 0)
-    # On 2 cores: 4 seeds go 2 to a core, 3 seeds stay on one.
-    assert json.loads(out.stdout) == {"devices": cores, "single_run": 1, "4 seeds": most(4), "3 seeds": most(3)}
+    probe = json.loads(out.stdout)
+    assert (probe["devices"], probe["single_run"], probe["4 seeds"]) == (cores, 1, [[min(cores, 4), 4]])
+    if cores == 2:  # 3 seeds: two on one core, one on the other, side by side
+        assert probe["3 seeds"] == [[1, 2], [1, 1]]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="checks the split of 3 seeds over exactly two cores")
+def test_three_seeds_on_two_cores_split_two_and_one_and_train_as_their_separate_runs(separate, tmp_path):
+    """3 seeds on 2 cores once all trained on one core, at the pace of 3: now 2 train on one core and 1 on
+    the other, side by side, and the placement is said. Each seed still equals its separate run."""
+    done = run_script("train.py", "tiny", *COMMON, "train.steps=8", "train.seed=5", f"run.out_dir={tmp_path}",
+                      "--seeds", "3")
+    assert done.returncode == 0, done.stderr
+    assert "training 3 seeds on 2 CPU cores: seed=0, seed=1 on core 0; seed=2 on core 1\n" in done.stdout
+    trainer.train(config.load("tiny", [*COMMON, "train.steps=8", "train.seed=7", f"run.out_dir={tmp_path / '7'}"]))
+    for i, alone in enumerate((separate / "5", separate / "6", tmp_path / "7")):
+        assert_same(curves(tmp_path / f"seed={i}"), curves(alone), i)
+    assert sorted(line.split("run dir ")[1] for line in done.stdout.splitlines() if line.startswith("done:")) == [
+        str(tmp_path / f"seed={i}") for i in range(3)]
 
 
 SPLIT_PROBE = """
@@ -113,7 +131,7 @@ import jax
 from gptjax.config import MeshConfig
 mesh = sharding.make_mesh(MeshConfig(), sharding.mesh_devices(MeshConfig(), 12))
 print(json.dumps({"devices": jax.device_count(), "single_run": mesh.size,
-                  **{f"{n} seeds": sharding.runs_mesh(mesh, n).shape["runs"] for n in (4, 3)}}))
+                  **{f"{n} seeds": [[m.shape["runs"], k] for m, k in sharding.runs_meshes(mesh, n)] for n in (4, 3)}}))
 """
 
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gptjax import errors
+from gptjax import errors, progress
 from gptjax.config import Config, DataConfig, RunConfig
 from gptjax.data import tokenizer as tokenizers
 from gptjax.interop import hf, tokenizer_files
@@ -64,16 +64,23 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
     return run_dir
 
 
-def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -> Path:
+TO_HF_PARTS = 3  # to_hf's ticks: the checkpoint read, the weights written, the tokenizer written
+
+
+def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None, tick=lambda: None) -> Path:
     """Write a run's checkpoint as config.json + model.safetensors for transformers' GPT2LMHeadModel, and its
-    tokenizer as AutoTokenizer reads it (GPT-2's vocab.json + merges.txt, or a char-level tokenizer.json)."""
-    run = runs.load(run_dir, step)
+    tokenizer as AutoTokenizer reads it (GPT-2's vocab.json + merges.txt, or a char-level tokenizer.json).
+    tick() after each of its TO_HF_PARTS parts (seconds each for GPT-2 sizes)."""
     out = Path(out)
     if (out / runs.CONFIG_FILE).exists():
         raise ConvertError(f"{out} is a gptjax run directory; give a separate OUT folder for the Hugging Face files")
+    run = runs.load(run_dir, step)
+    tick()
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(run.params))
     hf.write(out, run.cfg.model, params, run.tokenizer.eot_id)
+    tick()
     tokenizer_files.write(out, run.tokenizer, run.cfg.model.n_ctx)
+    tick()
     return out
 
 
@@ -96,7 +103,9 @@ def main(argv: list[str]) -> int:
         if args.command == "from-hf":
             print(f"wrote {from_hf(args.src, args.run_dir)}: sample with python sample.py {args.run_dir}")
         else:
-            print(f"wrote {to_hf(args.run_dir, args.out, args.step)}: load with "
+            with progress.bar(TO_HF_PARTS, "to-hf", "part", leave=False) as shown:
+                out = to_hf(args.run_dir, args.out, args.step, shown.update)
+            print(f"wrote {out}: load with "
                   f"pipeline('text-generation', model={str(args.out)!r}) or GPT2LMHeadModel.from_pretrained")
 
     return errors.run_cli(run, debug=args.debug)

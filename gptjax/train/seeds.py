@@ -17,6 +17,7 @@ trained alone, say) train one after another instead, as separate runs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import time
@@ -64,17 +65,49 @@ def train(cfgs: list[Config]) -> list[dict]:
         opened = [trainer.open_run(c, ds, single, source, closing, progress=i == 0) for i, c in enumerate(cfgs)]
         starts = sorted({r.start for r in opened})
         if len(starts) == 1:
-            stack_mesh = sharding.runs_mesh(mesh, len(cfgs))
-            if (cores := stack_mesh.shape[sharding.RUNS]) > 1:
-                opened[0].tracker.message(f"training {len(cfgs)} seeds together on {cores} CPU cores, "
-                                          f"{len(cfgs) // cores} on each")
+            placed = sharding.runs_meshes(mesh, len(cfgs))
+            opened[0].tracker.message(placement(placed, cfgs))
             with trainer.stop_requests() as stop:
-                loop = Stack(cfgs, ds, stack_mesh, single, build(cfg, stack_mesh, stacked=len(cfgs)), opened, stop)
-                last = loop.run(loop.stack([r.state for r in opened]), starts[0])
-            return last if isinstance(last, list) else [{} for _ in cfgs]
+                return train_stacks(cfg, cfgs, ds, single, opened, placed, stop, starts[0])
         opened[0].tracker.message(f"the seeds' checkpoints are at different steps ({', '.join(map(str, starts))}): "
                                   f"training them one after another")
     return [trainer.train(c) for c in cfgs]
+
+
+def train_stacks(cfg: Config, cfgs: list[Config], ds: data.Dataset, single: Pieces, opened: list[trainer.OpenRun],
+                 placed: list[tuple], stop, start: int) -> list[dict]:
+    """Train the runs from `start` in the stacks sharding.runs_meshes placed them in; each run's last row."""
+    loops, first = [], 0
+    for stack_mesh, n in placed:
+        part = slice(first, first + n)
+        first += n
+        loops.append(Stack(cfgs[part], ds, stack_mesh, single, build(cfg, stack_mesh, stacked=n), opened[part], stop))
+    go = lambda loop: loop.run(loop.stack([r.state for r in loop.opened]), start) or [{} for _ in loop.cfgs]
+    if len(loops) == 1:
+        return go(loops[0])
+    # Stacks on different cores, side by side: JAX runs each device's programs on its own, so one
+    # thread per stack keeps both busy. The runs never meet; the first error is raised once both stop.
+    with concurrent.futures.ThreadPoolExecutor(len(loops)) as pool:
+        results = [pool.submit(go, loop) for loop in loops]
+    return [row for r in results for row in r.result()]
+
+
+def placement(placed: list[tuple], cfgs: list[Config]) -> str:
+    """How the seeds are placed, said once at the start: which seeds on which core, or on which devices."""
+    names = [Path(c.run.out_dir).name for c in cfgs]
+    first_mesh = placed[0][0]
+    if placed[0][1] == len(cfgs) and first_mesh.shape[sharding.RUNS] == 1:
+        devices = first_mesh.devices.ravel()
+        where = (f"one {devices[0].platform.upper()} device" if len(devices) == 1
+                 else f"{len(devices)} {devices[0].platform.upper()} devices")
+        return f"training {len(cfgs)} seeds together in one vmapped step on {where}"
+    cores, first = [], 0
+    for stack_mesh, n in placed:
+        per = n // stack_mesh.shape[sharding.RUNS]
+        for device in stack_mesh.devices.ravel():
+            cores.append(f"{', '.join(names[first:first + per])} on core {device.id}")
+            first += per
+    return f"training {len(cfgs)} seeds on {len(cores)} CPU cores: {'; '.join(cores)}"
 
 
 def _check_seeds_only(cfgs: list[Config]) -> None:

@@ -32,7 +32,7 @@ class Pieces:
 
 def build(cfg: Config, mesh, stacked: int = 0) -> Pieces:
     """The run's pieces; with `stacked` = N, for N runs' states stacked on a new leading axis laid along
-    the `runs` axis of `mesh` (sharding.runs_mesh; each run is laid out as it would be alone), and steps
+    the `runs` axis of `mesh` (sharding.runs_meshes; each run is laid out as it would be alone), and steps
     vmapped over it."""
     graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
     tx = optim.make(cfg.train)

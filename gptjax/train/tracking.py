@@ -35,7 +35,7 @@ class Tracker:
         """`resumed`: start_step's line comes from a restored checkpoint and stays (a fresh run logs step 0 anew)."""
         self.active = jax.process_index() == 0
         self.path = Path(run_dir) / METRICS_FILE
-        self.bar = self.wandb = self.file = self.summary = None
+        self.bar = self.wandb = self.file = None
         if not self.active:
             return
         self.rewind(start_step if resumed else start_step - 1)
@@ -111,15 +111,17 @@ class Tracker:
             self.bar.refresh()
 
     def finished(self, step: int, trained: int, wall_s: float, tokens_per_sec: float | None) -> None:
-        """The run's last line, shown after the bar closes: steps, wall time, speed, best val loss, run dir."""
+        """The run's last line, under its closed bar: steps, wall time, speed, best val loss and its step, run dir."""
         if not self.active:
             return
         evaluated = [r for r in read_metrics(self.path.parent) if isinstance(r.get("val_loss"), (int, float))]
         best = min(evaluated, key=lambda r: r["val_loss"], default=None)
         speed = f", {tokens_per_sec:,.0f} tokens/s" if tokens_per_sec else ""
         loss = f"best val loss {best['val_loss']:.4f} at step {best['step']}" if best else "no val loss yet"
-        self.summary = (f"done: step {step} ({trained} steps in {duration(wall_s)}{speed}); {loss}; "
-                        f"run dir {self.path.parent}")
+        if self.bar is not None:  # the bar's last state first, then the line under it
+            self.bar.close()
+            self.bar = None
+        print(f"done: step {step} ({trained} steps in {duration(wall_s)}{speed}); {loss}; run dir {self.path.parent}")
 
     def close(self) -> None:
         if not self.active:
@@ -127,8 +129,6 @@ class Tracker:
         self.file.close()
         if self.bar is not None:
             self.bar.close()
-        if self.summary:
-            print(self.summary)
         if self.wandb is not None:
             self.wandb.finish()
 
