@@ -151,15 +151,16 @@ def parser_of(words: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
 
 
 def test_every_repository_path_named_exists():
+    """In code, links and prose alike: `gptjax/interop/hf.py`, tests/test_seeds.py, docs/heads.png."""
     pattern = re.compile(rf"(?<![\w./~$-])(?:{'|'.join(map(re.escape, REPO_DIRS))})/[\w./*-]*")
     missing = []
-    for page, _, text in everything():
-        for path in pattern.findall(text):
+    for page in DOCS:
+        for path in pattern.findall(page.read_text(encoding="utf-8")):
             path = path.rstrip(".")
             if PLACEHOLDER.search(path) or "*" in path:
                 continue
             if not (ROOT / path).exists():
-                missing.append(f"{page}: {path}")
+                missing.append(f"{page.name}: {path}")
     assert not missing, "named in the docs but not in the repository:\n" + "\n".join(missing)
 
 
