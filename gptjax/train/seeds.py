@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from gptjax.train.state import Pieces, build, init_state, restore_state, save
 from gptjax.train.step import TrainState
 
 SEED_DIR = "seed={}"
+# Orbax's checkpoint writes are not safe from two threads at once: stacks side by side
+# (train_stacks) take turns, each save written through before the other's starts.
+CHECKPOINTING = threading.RLock()
 
 
 def seed_configs(cfg: Config, n: int) -> list[Config]:
@@ -211,15 +215,19 @@ class Stack(Loop):
             run.tracker.finished(step, trained, wall_s, self.tokens_per_sec())
 
     def save(self, state: TrainState, step: int, last) -> None:
-        for i, (c, run, alone) in enumerate(zip(self.cfgs, self.opened, self.unstack(state))):
-            row = last[i] if isinstance(last, list) and last[i].get("step") == step else {}
-            save(run.ckpts, c, alone, step, row)
+        states = self.unstack(state)
+        with CHECKPOINTING:  # another stack's saves may be in flight, from another thread
+            for i, (c, run, alone) in enumerate(zip(self.cfgs, self.opened, states)):
+                row = last[i] if isinstance(last, list) and last[i].get("step") == step else {}
+                save(run.ckpts, c, alone, step, row)
+                run.ckpts.manager.wait_until_finished()
 
     def newest_checkpoint(self) -> int | None:
         steps = []
-        for run in self.opened:
-            run.ckpts.manager.wait_until_finished()
-            steps.append(run.ckpts.latest_step())
+        with CHECKPOINTING:
+            for run in self.opened:
+                run.ckpts.manager.wait_until_finished()
+                steps.append(run.ckpts.latest_step())
         return None if None in steps else min(steps)
 
     def restart_from(self, step: int | None) -> TrainState:
