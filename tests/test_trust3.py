@@ -142,6 +142,16 @@ def test_step_best_passes_over_a_damaged_meta(run):
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
 
 
+def test_sample_suggests_no_step_whose_meta_is_damaged_too(run):
+    truncated = max((run / "checkpoints" / "4" / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    line = error_line(run_in_process("sample.py", run, "--max-new-tokens", "5"))
+    assert "try --step 2" in line
+    meta_file(run, 2).write_text("{")
+    line = error_line(run_in_process("sample.py", run, "--max-new-tokens", "5"))
+    assert "checkpoints/4" in line and "--step" not in line
+
+
 # ---------------------------------------------------------------------------
 # 10, 13, 18. Nothing left behind; seeds, names and steps in range
 

@@ -319,12 +319,20 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Run:
             check_saved_model(run_dir, cfg.to_dict()["model"], step, ckpts.meta(step))
             params, _, meta = ckpts.restore(step, abstract)
         except CheckpointError as e:
-            others = [s for s in ckpts.steps() if s != step]
+            others = [s for s in ckpts.steps() if s != step and _meta_reads(ckpts, s)]  # never one as broken
             hint = f"; try --step {others[-1]} (this run also has {', '.join(map(str, others))})" if others else ""
             raise CheckpointError(f"{e}{hint}") from None
     finally:
         ckpts.close()
     return Run(cfg, tokenizer, graphdef, params, step, meta)
+
+
+def _meta_reads(ckpts: Checkpoints, step: int) -> bool:
+    try:
+        ckpts.meta(step)
+    except CheckpointError:
+        return False
+    return True
 
 
 def load_config(run_dir: str | Path) -> config_lib.Config:
