@@ -88,10 +88,10 @@ def bpe_run(tmp_path_factory):
     return convert.from_hf(str(src), src.parent / "run")
 
 
-def test_exported_files_follow_the_umask(char_run, tmp_path):
+def test_exported_files_follow_the_umask(bpe_run, tmp_path):
     old = os.umask(0o002)
     try:
-        out = convert.to_hf(char_run, tmp_path / "out")
+        out = convert.to_hf(bpe_run, tmp_path / "out")
     finally:
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
