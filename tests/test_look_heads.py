@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from gptjax import config
+from gptjax import config, progress
 from gptjax.data.tokenizer import ASSETS, CharTokenizer
 from gptjax.look import attribution, commands, heads, hooks, report
 from gptjax.look import cli as inspect
@@ -286,7 +286,8 @@ def test_docs_notebook_example_runs(tmp_path):
 
 def test_the_long_commands_show_count_rate_and_eta_on_stderr(hand_run, tmp_path, monkeypatch):
     """heads, roles and report ran silent for minutes on the CPU recipe: each moves a bar as it goes."""
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn, however fast this small model is
+    bar = progress.bar  # every update drawn, however fast this small model is
+    monkeypatch.setattr(progress, "bar", lambda *a, **k: bar(*a, mininterval=0, miniters=1, **k))
     run, _ = hooks.load(hand_run)
     passes = heads.knockout_passes(run.cfg.model, run.cfg.train.eval_batches)
     for argv, what, total in [(["heads", hand_run], "knock-outs", passes),
