@@ -16,7 +16,8 @@ MAX_DEPTH = 32
 
 
 class ReadError(UserError):
-    """A file that cannot be read as what it should be; the message names it and says why, in one line."""
+    """A file that cannot be read as what it should be; the message names it and says why (the caller
+    says how to fix it)."""
 
 
 def atomic_write(path: str | Path, text: str) -> None:
@@ -35,11 +36,10 @@ def read_bytes(path: str | Path, max_bytes: int) -> bytes:
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise ReadError(f"{path} is {_kind(mode)}, not a regular file; put the real file back")
+            raise ReadError(f"{path} is {_kind(mode)}, not a regular file")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ReadError(f"{path} is over {_size(max_bytes)}, far larger than such a file ever is; "
-                        f"put the real file back")
+        raise ReadError(f"{path} is over {_size(max_bytes)}, far larger than such a file ever is")
     return data
 
 
@@ -50,9 +50,9 @@ def read_json(path: str | Path, max_bytes: int = 1 << 20):
     try:
         tree = json.loads(text.decode("utf-8"))
     except RecursionError:  # json's parser stops itself at Python's recursion limit
-        raise ReadError(f"{path} is nested deeper than {MAX_DEPTH} levels; put the real file back") from None
+        raise ReadError(f"{path} is nested deeper than {MAX_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise ReadError(f"{path} is not a JSON file ({str(e)[:100]}); put the real file back") from None
+        raise ReadError(f"{path} is not a JSON file ({str(e)[:100]})") from None
     check_tree(tree, path)
     return tree
 
@@ -73,9 +73,9 @@ def tree_size(tree, max_values: int) -> tuple[int, int]:
 def check_tree(tree, path, max_values: int = 1 << 62) -> None:
     values, depth = tree_size(tree, max_values)
     if depth > MAX_DEPTH:
-        raise ReadError(f"{path} is nested deeper than {MAX_DEPTH} levels; put the real file back")
+        raise ReadError(f"{path} is nested deeper than {MAX_DEPTH} levels")
     if values > max_values:
-        raise ReadError(f"{path} holds over {max_values} values (with its aliases expanded); put the real file back")
+        raise ReadError(f"{path} holds over {max_values} values (with its aliases expanded)")
 
 
 def _kind(mode: int) -> str:

@@ -29,7 +29,7 @@ def load(path: Path):
     try:
         text = read_bytes(path, MAX_BYTES).decode("utf-8")
     except ReadError as e:  # over MAX_BYTES, or a FIFO or device whose read would never end
-        raise YAMLBoundsError(f"config file {e}") from None
+        raise YAMLBoundsError(f"config file {e}; give the right file") from None
     if _depth(text) > MAX_DEPTH:  # safe_load's composer recurses once per level: 20,000 `[` overflow it
         raise YAMLBoundsError(f"config file {path} is nested deeper than {MAX_DEPTH} levels; {fix}")
     tree = yaml.safe_load(text)

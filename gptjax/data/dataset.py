@@ -196,12 +196,14 @@ def _open(folder: Path, src: sources.Source, digest: str) -> Dataset:
     files = src.paths if src.kind == "bin" else [folder / f"{name}.bin" for name in SPLITS]
     for path, name, prints in zip(files, SPLITS, _pairs(meta.get("fingerprints"))):
         n = meta.get(f"n_{name}")
-        size = path.stat().st_size if path.is_file() else None  # is_file: a FIFO would block the map
+        if not path.is_file():  # missing, or a FIFO, whose read would block
+            raise _Unusable(f"{path.name} is missing or not a regular file")
+        size = path.stat().st_size
         if not isinstance(n, int) or n <= 0 or size != n * dtype.itemsize:
             raise _Unusable(f"{path.name} has {size} bytes, its meta.json says {n} tokens of {dtype.itemsize}")
         if fingerprint(path) != prints:
             raise _Unusable(f"{path.name} does not match its fingerprint")
-    splits = [np.memmap(path, dtype=dtype, mode="r") for path in files]
+    splits = [np.memmap(str(path.resolve()), dtype=dtype, mode="r") for path in files]
     return Dataset(splits[0], splits[1], tok, meta)
 
 

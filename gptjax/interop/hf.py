@@ -168,7 +168,7 @@ def load_config(src: Path) -> dict:
         raise ConvertError(f"{src} has no config.json; give a Hugging Face GPT-2 folder (config.json + "
                            f"model.safetensors)") from None
     except (OSError, ReadError) as e:
-        raise ConvertError(f"{src / 'config.json'} cannot be read: {e}") from None
+        raise ConvertError(f"{src / 'config.json'} cannot be read: {e}; restore it from the model's source") from None
     if not isinstance(hf, dict):
         raise ConvertError(f"{src / 'config.json'} is not a JSON object")
     return hf
