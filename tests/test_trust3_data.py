@@ -32,11 +32,15 @@ from tests.test_convert import SHAPE, write_hf_folder
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 60
 
 
+class Blocked(BaseException):
+    """Not an OSError (as TimeoutError is), which the code under test might catch and go on."""
+
+
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fail, rather than hang the suite, if the body blocks (as a read of a FIFO does)."""
     def expire(*_):
-        raise TimeoutError(f"blocked for over {seconds} s")
+        raise Blocked(f"blocked for over {seconds} s")
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(seconds)
     try:
@@ -155,7 +159,7 @@ def fake_run(tmp_path: Path, source: Path | None = None) -> tuple[Path, config.C
     overrides = [f"run.out_dir={run}", f"data.cache_dir={tmp_path / 'cache'}"]
     cfg = config.load("tiny", overrides + ([f"data.source={source}"] if source else []))
     ds = data.prepare(cfg.data)
-    runs.write_run_files(run, cfg.resolve_vocab(ds.vocab_size), ds.tokenizer, ds.meta["source_sha256"])
+    runs.write_run_files(run, cfg.resolve_vocab(ds.vocab_size), ds.tokenizer, ds.meta.get("source_sha256"))
     (run / "checkpoints" / "2").mkdir(parents=True)
     return run, cfg.resolve_vocab(ds.vocab_size), ds
 
