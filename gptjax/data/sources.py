@@ -118,10 +118,16 @@ def _text_blocks(path: Path, block_chars: int) -> Iterator[str]:
         with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="") as f:
             while block := f.read(block_chars):
                 yield block
-    except UnicodeDecodeError as e:
-        raise DataError(f"dataset {str(path)!r} is not UTF-8 text ({e.reason}); re-encode it as UTF-8") from None
+        # zstd's stream reader stops quietly where a cut file ends: only a look at its frames tells.
+        problem = _decompression_problem(path) if path.suffix.lower() == ".zst" else None
+    except UnicodeDecodeError as e:  # a cut inside a character reads as bad UTF-8 too
+        problem = _decompression_problem(path)
+        if not problem:
+            raise DataError(f"dataset {str(path)!r} is not UTF-8 text ({e.reason}); re-encode it as UTF-8") from None
     except (OSError, EOFError, _ZSTD_ERROR) as e:
-        raise DataError(f"cannot read shard {str(path)!r}: {first_line(e)}; replace or remove the file") from None
+        problem = first_line(e)
+    if problem:
+        raise DataError(f"cannot read shard {str(path)!r}: {problem}; replace or remove the file")
 
 
 def _decompression_problem(path: Path) -> str | None:
