@@ -86,7 +86,11 @@ def prepare(cfg: DataConfig, progress=None) -> Dataset:
                 if e.damaged and progress:
                     progress(pipeline.Progress.notice(f"token cache entry {folder} is damaged ({e}); rebuilding it"))
             _build(cfg, src, folder, digest, progress)
-    return _open(folder, src, digest)
+    try:
+        return _open(folder, src, digest)
+    except _Unusable as e:  # just written and read back wrong: the disk, not the data
+        raise DataError(f"token cache entry {folder} reads back damaged right after it was built ({e}); "
+                        f"check the disk, or set data.cache_dir elsewhere") from None
 
 
 @functools.cache
@@ -201,7 +205,11 @@ def _open(folder: Path, src: sources.Source, digest: str) -> Dataset:
         size = path.stat().st_size
         if not isinstance(n, int) or n <= 0 or size != n * dtype.itemsize:
             raise _Unusable(f"{path.name} has {size} bytes, its meta.json says {n} tokens of {dtype.itemsize}")
-        if fingerprint(path) != prints:
+        try:
+            matches = fingerprint(path) == prints
+        except OSError as e:
+            raise _Unusable(f"{path.name} cannot be read: {e.strerror or e}") from None
+        if not matches:
             raise _Unusable(f"{path.name} does not match its fingerprint")
     splits = [np.memmap(str(path.resolve()), dtype=dtype, mode="r") for path in files]
     return Dataset(splits[0], splits[1], tok, meta)
