@@ -136,23 +136,6 @@ def test_the_cache_is_keyed_by_content_and_hashes_a_file_only_when_its_stat_chan
         != first.meta["source_sha256"]
 
 
-def test_a_resumed_run_accepts_its_data_touched_or_copied_to_a_new_node(tmp_path):
-    path, run = corpus(tmp_path), tmp_path / "run"
-    args = ["train.py", "tiny", f"data.source={path}", "train.eval_every=2", f"run.out_dir={run}",
-            f"data.cache_dir={tmp_path / 'cache'}"]
-    assert run_in_process(*args, "train.steps=2").returncode == 0
-    os.utime(path)  # touch
-    resumed = run_in_process(*args, "train.steps=3")
-    assert resumed.returncode == 0 and "resuming from step 2 of 3" in resumed.stdout, resumed.stderr
-    shutil.copyfile(path, tmp_path / "copy.txt")  # cp without -p, then over the original: a new inode
-    os.replace(tmp_path / "copy.txt", path)
-    resumed = run_in_process(*args, "train.steps=4")
-    assert resumed.returncode == 0 and "resuming from step 3 of 4" in resumed.stdout, resumed.stderr
-    assert len(list((tmp_path / "cache" / "data").iterdir())) == 1
-    assert json.loads((run / "inputs.json").read_text())["data_sha256"] == data.prepare(
-        DataConfig(source=str(path), cache_dir=str(tmp_path / "cache"))).meta["source_sha256"]
-
-
 def fake_run(tmp_path: Path, source: Path | None = None) -> tuple[Path, config.Config, data.Dataset]:
     """A run directory as train.py leaves it once it has saved (the files, a checkpoint folder), without training."""
     run = tmp_path / "run"
@@ -162,6 +145,21 @@ def fake_run(tmp_path: Path, source: Path | None = None) -> tuple[Path, config.C
     runs.write_run_files(run, cfg.resolve_vocab(ds.vocab_size), ds.tokenizer, ds.meta.get("source_sha256"))
     (run / "checkpoints" / "2").mkdir(parents=True)
     return run, cfg.resolve_vocab(ds.vocab_size), ds
+
+
+def test_a_resumed_run_accepts_its_data_touched_or_copied_to_a_new_node(tmp_path):
+    path = corpus(tmp_path)
+    run, cfg, ds = fake_run(tmp_path, path)
+    os.utime(path)  # touch
+    assert runs.check_run_dir(cfg, data.prepare(cfg.data)) == run
+    shutil.copyfile(path, tmp_path / "copy.txt")  # cp without -p, then over the original: a new inode
+    os.replace(tmp_path / "copy.txt", path)
+    assert runs.check_run_dir(cfg, data.prepare(cfg.data)) == run
+    assert len(list((tmp_path / "cache" / "data").iterdir())) == 1  # nor tokenized again
+    assert json.loads((run / "inputs.json").read_text())["data_sha256"] == ds.meta["source_sha256"]
+    path.write_text(TEXT.replace("question", "Question"))  # same length, other content
+    with pytest.raises(runs.RunError, match="was trained on other data .* its content changed"):
+        runs.check_run_dir(cfg, data.prepare(cfg.data))
 
 
 def test_a_run_pinned_by_mtime_before_resumes_while_its_stat_holds_and_says_what_to_do_after(tmp_path):
