@@ -89,7 +89,8 @@ DAMAGE = {
     "train.bin overwritten": (overwrite_middle, "train.bin does not match its fingerprint"),
     "no meta.json": (lambda f: (f / "meta.json").unlink(), "no meta.json"),
     "meta.json truncated": (lambda f: os.truncate(f / "meta.json", 20), "meta.json cannot be read"),
-    "val.bin a FIFO": (lambda f: ((f / "val.bin").unlink(), os.mkfifo(f / "val.bin")), "val.bin is missing or not a regular file"),
+    "val.bin a FIFO": (lambda f: ((f / "val.bin").unlink(), os.mkfifo(f / "val.bin")),
+                       "val.bin is missing or not a regular file"),
 }
 
 
@@ -187,7 +188,8 @@ def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
         with pytest.raises(DataError, match=why):
             data.prepare(DataConfig(source=str(path)))
     with mounted(tmp_path / "full", "size=64k"):
-        with pytest.raises(DataError, match=f"cannot write the token cache in {tmp_path / 'full'}: No space left"):
+        full = f"cannot write the token cache in {tmp_path / 'full'}: No space left on device; free some space"
+        with pytest.raises(DataError, match=full):
             data.prepare(DataConfig(source=str(corpus(tmp_path, TEXT * 20)), cache_dir=str(tmp_path / "full")))
         assert not list((tmp_path / "full" / "data").iterdir())  # the scratch is gone too
 
@@ -200,8 +202,8 @@ def test_a_read_only_cache_serves_what_it_holds_and_refuses_a_build_in_one_line(
         built = data.prepare(DataConfig(source=str(path)))
         remount("ro")
         np.testing.assert_array_equal(data.prepare(DataConfig(source=str(path))).train, built.train)
-        with pytest.raises(DataError, match="cannot write the token cache in .*: Read-only file system; free some "
-                                            "space, or set data.cache_dir"):
+        with pytest.raises(DataError, match="cannot write the token cache in .*: Read-only file system; set "
+                                            "data.cache_dir \\(or GPTJAX_CACHE\\) to a folder you can write"):
             data.prepare(DataConfig(source=str(path), tokenizer="gpt2"))
 
 

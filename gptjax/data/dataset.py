@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import hashlib
@@ -129,8 +130,9 @@ def _cache_writes(root: Path):
     try:
         yield
     except OSError as e:
-        raise DataError(f"cannot write the token cache in {root}: {e.strerror or e}; free some space, or set "
-                        f"data.cache_dir (or GPTJAX_CACHE) to a folder you can write") from None
+        full = "free some space, or " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise DataError(f"cannot write the token cache in {root}: {e.strerror or e}; {full}set data.cache_dir "
+                        f"(or GPTJAX_CACHE) to a folder you can write") from None
 
 
 def _build(cfg: DataConfig, src: sources.Source, folder: Path, digest: str, progress) -> None:

@@ -182,25 +182,28 @@ def ordered_map(fn, items: Iterable, workers: int) -> Iterator:
     # spawn, not fork: the caller may hold JAX's threads, which a forked child would inherit broken.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_exit_with_parent, initargs=(os.getpid(),))
+    done = 0
     try:
         pending = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
+                done += 1
         while pending:
             yield pending.popleft().result()
+            done += 1
     except BrokenProcessPool:
-        raise DataError(_why_workers_stopped()) from None
+        raise DataError(_why_workers_stopped(started=done > 0)) from None
     finally:
         pool.shutdown(cancel_futures=True)
 
 
-def _why_workers_stopped() -> str:
-    """A worker that leaves while starting is, almost always, one that re-ran the user's script (spawn
+def _why_workers_stopped(started: bool) -> str:
+    """Workers that leave before any result are, almost always, ones that re-ran the user's script (spawn
     imports __main__ again: gptjax.data.dataset stops such a worker before it waits on the cache lock)."""
     script = getattr(sys.modules["__main__"], "__file__", None)
-    if script:
+    if script and not started:
         return (f"data preparation's worker processes stopped: each starts by running {script} again, which "
                 f"calls gptjax again; put the script's calls under `if __name__ == \"__main__\":` "
                 f"(or set data.num_proc=1)")
