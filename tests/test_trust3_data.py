@@ -246,6 +246,8 @@ def test_a_config_of_20000_brackets_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: config file {tmp_path / 'deep.yaml'} is nested deeper "
                                                   f"than 32 levels; a config or sweep file sets a few dozen keys, "
                                                   f"give the right file"]
+    with pytest.raises(config.ConfigError, match="override model.n_layer=... is nested deeper than 32 levels"):
+        config.load("tiny", ["model.n_layer=" + "[" * 200 + "]" * 200])  # a command line is YAML too
 
 
 def test_a_sweep_file_alias_bomb_is_refused_before_it_expands(tmp_path):
