@@ -2,7 +2,7 @@
 
 The token cache and a run's inputs.json pin data by content (sha256), so a `touch`, or a `cp` without
 `-p` to a new node, changes nothing, while an edit that keeps the size and mtime still shows. Hashing
-runs at disk speed (about 1 GB/s), once per file: its digest is stored under the cache folder, keyed by
+(far faster than tokenizing) runs once per file: its digest is stored under the cache folder, keyed by
 the file's path and valid while the file's size, mtime, ctime, inode and device are what they were (any
 write, `touch`, copy or rename changes one of them, and ctime cannot be set back).
 """
