@@ -111,9 +111,14 @@ def _stop_if_a_worker_reruns_the_script() -> None:
 
 
 def _hashing_progress(progress):
-    if not progress:
-        return None
-    return lambda done, total, elapsed: progress(pipeline.Progress("digest", 0, 0, done, total, elapsed))
+    """digests' (bytes done, bytes to do, seconds) as Progress lines, the last one a note of its own."""
+    def report(done: int, total: int, elapsed: float, finished: bool) -> None:
+        if not finished:
+            progress(pipeline.Progress("digest", 0, 0, done, total, elapsed))
+        else:
+            progress(pipeline.Progress.notice(f"hashed {total / 1e6:,.0f} MB in {elapsed:.0f} s: the source is "
+                                              f"pinned by content"))
+    return report if progress else None
 
 
 @contextlib.contextmanager

@@ -34,7 +34,8 @@ def source_digest(src: Source, index: Path, progress=None) -> str:
 
 
 def file_digests(paths, index: Path, progress=None) -> list[str]:
-    """Each file's sha256: from the index while its stat is unchanged, else read and hashed (and remembered)."""
+    """Each file's sha256: from the index while its stat is unchanged, else read and hashed (and remembered).
+    `progress(bytes done, bytes to hash, seconds, finished)` is called every 256 MiB, and once at the end."""
     stats = [p.stat() for p in paths]
     known = [_remembered(index, p, st) for p, st in zip(paths, stats)]
     todo = sum(st.st_size for st, k in zip(stats, known) if k is None)
@@ -42,9 +43,11 @@ def file_digests(paths, index: Path, progress=None) -> list[str]:
     for i, (path, st) in enumerate(zip(paths, stats)):
         if known[i] is None:
             known[i] = _hash(path, lambda n, before=done: progress and progress(before + n, todo,
-                                                                                time.perf_counter() - t0))
+                                                                                time.perf_counter() - t0, False))
             done += st.st_size
             _remember(index, path, st, known[i])
+    if progress and todo >= 256 * BLOCK:  # it showed a progress line: end it
+        progress(todo, todo, time.perf_counter() - t0, True)
     return known
 
 
