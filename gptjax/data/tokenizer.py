@@ -1,7 +1,9 @@
-"""Tokenizers: char-level (vocabulary from the corpus), GPT-2 BPE through tiktoken, and raw ids.
+"""Tokenizers: char-level (vocabulary from the corpus), GPT-2 BPE through tiktoken, raw ids, and any
+Hugging Face tokenizer.json (hf_tokenizer.py).
 
-All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size) so a run
-directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
+All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size, the Hugging Face
+file) so a run directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
+Each also gives the UTF-8 bytes of text per token id (`token_byte_lengths`), for bits per byte.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
@@ -25,6 +28,10 @@ GPT2_VOCAB = 50257
 
 class TokenizerError(UserError):
     """Text the tokenizer cannot handle, or a broken tokenizer file."""
+
+
+class UnsupportedTokenizer(TokenizerError):
+    """A well-formed tokenizer file of a kind gptjax does not use."""
 
 
 class CharTokenizer:
@@ -55,6 +62,9 @@ class CharTokenizer:
     def to_json(self) -> dict:
         return {"kind": "char", "chars": self.chars}
 
+    def token_byte_lengths(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], dtype=np.int64)
+
 
 class GPT2Tokenizer:
     kind = "gpt2"
@@ -75,6 +85,11 @@ class GPT2Tokenizer:
 
     def to_json(self) -> dict:
         return {"kind": "gpt2"}
+
+    def token_byte_lengths(self) -> np.ndarray:
+        # <|endoftext|> marks a document's end; it is no text.
+        return np.array([len(self.enc.decode_single_token_bytes(i)) * (i != self.eot_id)
+                         for i in range(self.vocab_size)], dtype=np.int64)
 
 
 class IdsTokenizer:
@@ -105,6 +120,9 @@ class IdsTokenizer:
     def to_json(self) -> dict:
         return {"kind": "ids", "vocab_size": self.vocab_size}
 
+    def token_byte_lengths(self) -> None:
+        return None  # the text behind these ids is unknown
+
 
 @cache
 def gpt2_encoding() -> tiktoken.Encoding:
@@ -121,6 +139,15 @@ MAX_VOCAB = 1 << 24
 def from_json(spec):
     """The tokenizer a tokenizer.json describes, every field checked (the file may be damaged or hostile)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind is None and isinstance(spec, dict) and "model" in spec:  # a Hugging Face tokenizer.json
+        from gptjax.data import hf_tokenizer
+
+        try:
+            return hf_tokenizer.HFTokenizer(spec)
+        except hf_tokenizer.UnsupportedKind as e:
+            raise UnsupportedTokenizer(str(e)) from None
+        except hf_tokenizer.HFTokenizerError as e:
+            raise TokenizerError(str(e)) from None
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "char":
@@ -145,5 +172,40 @@ def load(path: Path):
                              f"source, or retrain") from None
     try:
         return from_json(spec)
+    except UnsupportedTokenizer as e:
+        raise TokenizerError(f"tokenizer file {path} cannot be used: {e}") from None
     except TokenizerError as e:
         raise TokenizerError(f"tokenizer file {path} is damaged: {e}") from None
+
+
+BUILT_IN = ("char", "gpt2")
+
+
+def is_path(name: str) -> bool:
+    """Whether a data.tokenizer value names a file (or a folder holding tokenizer.json) rather than a kind."""
+    return name not in BUILT_IN
+
+
+def file_of(name: str) -> Path:
+    path = Path(name).expanduser()
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def load_path(name: str):
+    """The tokenizer in the file data.tokenizer names, refused in one line if missing, damaged or unusable."""
+    path = file_of(name)
+    if not path.is_file():
+        raise TokenizerError(f"data.tokenizer file {str(path)!r} not found; data.tokenizer takes char, gpt2, or the "
+                             f"path of a tokenizer.json (gptjax tokenizer train writes one)")
+    return load(path)
+
+
+def identity(name: str) -> str:
+    """What a data cache key records of the tokenizer: its kind, or a file's content digest (so an edited
+    or retrained file gets its own cache entry and the same file under another path shares one)."""
+    if not is_path(name):
+        return name
+    from gptjax.data import hf_tokenizer
+
+    tok = load_path(name)
+    return f"sha256:{hf_tokenizer.spec_digest(tok.to_json())}"
