@@ -1,4 +1,4 @@
-"""The command line: `gptjax train|sample|sweep|inspect|convert|bench|tokenizer ...` (train.py and sample.py call it too)."""
+"""The command line: `gptjax train|sample|sweep|inspect|convert|bench|tokenizer ...` (train.py, sample.py call it)."""
 
 from __future__ import annotations
 
