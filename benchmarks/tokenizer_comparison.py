@@ -81,7 +81,8 @@ def main() -> None:
     for name, tok in names.items():
         steps = steps_for(args.flops, tok, cfg)
         out = args.out / "runs" / name
-        run([*gptjax, "train", PRESET, f"data.tokenizer={tok}", f"train.steps={steps}", "train.eval_every=100000", "train.eval_batches=10", "run.progress=false",
+        run([*gptjax, "train", PRESET, f"data.tokenizer={tok}", f"train.steps={steps}", "train.eval_every=100000",
+             "train.eval_batches=10", "run.progress=false",
              f"train.warmup_steps={min(100, steps // 10)}", f"run.out_dir={out}", "--seeds", str(args.seeds)])
         seeds = []
         for s in range(args.seeds):

@@ -88,8 +88,13 @@ class HFTokenizer:
     def to_json(self) -> dict:
         return self.spec
 
-    def token_byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes of text each token id stands for (special tokens and unused ids: 0)."""
+    def token_byte_lengths(self) -> np.ndarray:  # TEMPORARY: the running comparison calls it
+        return self.token_bytes
+
+    @functools.cached_property
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text each token id stands for, [vocab_size], as bits per byte divides by
+        (a byte-level token may hold part of a character; special tokens and unused ids: 0)."""
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         specials = {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
         byte_level = "ByteLevel" in json.dumps(self.spec.get("decoder")) + json.dumps(self.spec.get("pre_tokenizer"))

@@ -1,9 +1,7 @@
-"""Tokenizers: char-level (vocabulary from the corpus), GPT-2 BPE through tiktoken, raw ids, and any
-Hugging Face tokenizer.json (hf_tokenizer.py).
+"""Tokenizers: char-level (vocabulary from the corpus), GPT-2 BPE through tiktoken, and raw ids.
 
-All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size, the Hugging Face
-file) so a run directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
-Each also gives the UTF-8 bytes of text per token id (`token_byte_lengths`), for bits per byte.
+All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size) so a run
+directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import json
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
@@ -62,9 +59,6 @@ class CharTokenizer:
     def to_json(self) -> dict:
         return {"kind": "char", "chars": self.chars}
 
-    def token_byte_lengths(self) -> np.ndarray:
-        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], dtype=np.int64)
-
 
 class GPT2Tokenizer:
     kind = "gpt2"
@@ -85,11 +79,6 @@ class GPT2Tokenizer:
 
     def to_json(self) -> dict:
         return {"kind": "gpt2"}
-
-    def token_byte_lengths(self) -> np.ndarray:
-        # <|endoftext|> marks a document's end; it is no text.
-        return np.array([len(self.enc.decode_single_token_bytes(i)) * (i != self.eot_id)
-                         for i in range(self.vocab_size)], dtype=np.int64)
 
 
 class IdsTokenizer:
@@ -119,9 +108,6 @@ class IdsTokenizer:
 
     def to_json(self) -> dict:
         return {"kind": "ids", "vocab_size": self.vocab_size}
-
-    def token_byte_lengths(self) -> None:
-        return None  # the text behind these ids is unknown
 
 
 @cache
@@ -178,6 +164,7 @@ def load(path: Path):
         raise TokenizerError(f"tokenizer file {path} is damaged: {e}") from None
 
 
+# data.tokenizer may also name a Hugging Face tokenizer.json (hf_tokenizer.py): the run keeps that file itself.
 BUILT_IN = ("char", "gpt2")
 
 
