@@ -39,10 +39,11 @@ def test_training_is_deterministic_and_has_an_end_of_text_token(bpe):
 @pytest.mark.parametrize("text", HARD + [PLAY[-3000:]])
 def test_round_trip_and_byte_lengths(bpe, text):
     for tok in (tokenizers.load(bpe), tokenizers.GPT2Tokenizer(), tokenizers.CharTokenizer.fit(text + "x")):
-        ids = tok.encode(text)
-        assert tok.decode(ids) == text
-        # bits per byte divides by these: the bytes behind the ids are the text's UTF-8 bytes
-        assert int(tok.token_byte_lengths()[np.asarray(ids, dtype=np.int64)].sum()) == len(text.encode())
+        assert tok.decode(tok.encode(text)) == text
+    # bits per byte divides by these: the bytes behind the ids are the text's UTF-8 bytes
+    tok = tokenizers.load(bpe)
+    assert int(tok.token_bytes[np.asarray(tok.encode(text), dtype=np.int64)].sum()) == len(text.encode())
+    assert tok.token_bytes[tok.eot_id] == 0
 
 
 def test_end_of_text_in_a_document_is_text_not_control(bpe):
