@@ -156,3 +156,17 @@ def test_a_run_trains_samples_and_refuses_another_tokenizer_file_on_resume(tmp_p
     tok_path.write_text(tokenizer_train.train_bpe(iter([PLAY[:100_000]]), 300))  # same size, other merges
     again = run_in_process("train.py", *args[:3], "train.steps=4", "train.eval_every=2")
     assert again.returncode == 2 and "was trained with another tokenizer" in again.stderr
+
+
+def test_init_from_refuses_data_tokenized_with_another_file(bpe):
+    from gptjax.config import ConfigError, ModelConfig
+    from gptjax.train.finetune import Source
+
+    mine = tokenizers.load(bpe)
+    source = Source("runs/a", ModelConfig(), mine, load=None)
+    source.check_tokenizer(tokenizers.load(bpe))  # the same file: accepted
+    other = tokenizers.from_json(json.loads(tokenizer_train.train_bpe(iter([PLAY[:50_000]]), 400)))
+    with pytest.raises(ConfigError, match=r"with a different tokenizer.json, .* set data.tokenizer=runs/a/tokenizer"):
+        source.check_tokenizer(other)
+    with pytest.raises(ConfigError, match="trained with a Hugging Face tokenizer.json, but the data uses char"):
+        source.check_tokenizer(tokenizers.CharTokenizer.fit(PLAY))

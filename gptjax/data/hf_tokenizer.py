@@ -88,9 +88,6 @@ class HFTokenizer:
     def to_json(self) -> dict:
         return self.spec
 
-    def token_byte_lengths(self) -> np.ndarray:  # TEMPORARY: the running comparison calls it
-        return self.token_bytes
-
     @functools.cached_property
     def token_bytes(self) -> np.ndarray:
         """UTF-8 bytes of text each token id stands for, [vocab_size], as bits per byte divides by

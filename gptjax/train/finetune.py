@@ -46,7 +46,8 @@ class Source:
         mine = self.tokenizer
         if mine.kind != "ids" and mine.to_json() != data_tokenizer.to_json():
             what = {"char": "a different character set", "hf": "a different tokenizer.json"}.get(mine.kind) \
-                if mine.kind == data_tokenizer.kind else f"the {mine.kind} tokenizer"
+                if mine.kind == data_tokenizer.kind else \
+                "a Hugging Face tokenizer.json" if mine.kind == "hf" else f"the {mine.kind} tokenizer"
             # A Hugging Face file is named by its path: the source run's own copy is the one to use.
             setting = f"{self.spec}/tokenizer.json" if mine.kind == "hf" else mine.kind
             raise ConfigError(f"train.init_from={self.spec} was trained with {what}, but the data uses "
