@@ -45,9 +45,7 @@ class Source:
         # known tokenizer, so any data whose ids fit its vocabulary is accepted.
         mine = self.tokenizer
         if mine.kind != "ids" and mine.to_json() != data_tokenizer.to_json():
-            what = {"char": "a different character set", "hf": "a different tokenizer.json"}.get(mine.kind) \
-                if mine.kind == data_tokenizer.kind else \
-                "a Hugging Face tokenizer.json" if mine.kind == "hf" else f"the {mine.kind} tokenizer"
+            what = _described(mine, same_kind=mine.kind == data_tokenizer.kind)
             # A Hugging Face file is named by its path: the source run's own copy is the one to use.
             setting = f"{self.spec}/tokenizer.json" if mine.kind == "hf" else mine.kind
             raise ConfigError(f"train.init_from={self.spec} was trained with {what}, but the data uses "
@@ -55,6 +53,12 @@ class Source:
 
     def params(self, abstract: nnx.State) -> nnx.State:
         return as_state(abstract, self.load())
+
+
+def _described(tokenizer, same_kind: bool) -> str:
+    if same_kind:
+        return "a different tokenizer.json" if tokenizer.kind == "hf" else "a different character set"
+    return "a Hugging Face tokenizer.json" if tokenizer.kind == "hf" else f"the {tokenizer.kind} tokenizer"
 
 
 def open_source(spec: str) -> Source:
