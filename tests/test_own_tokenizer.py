@@ -101,6 +101,7 @@ def test_preparation_matches_encode_and_is_keyed_by_content(bpe, tmp_path):
     assert len(list((tmp_path / "c" / "data").iterdir())) == 2
 
 
+@pytest.mark.slow  # spawns the preparation's worker processes
 def test_parallel_preparation_gives_the_same_tokens(bpe, tmp_path):
     (tmp_path / "play.txt").write_text(PLAY[:300_000])
     one, two = (dataset.prepare(DataConfig(source=str(tmp_path / "play.txt"), tokenizer=str(bpe), num_proc=n,
