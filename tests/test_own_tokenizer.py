@@ -65,6 +65,9 @@ def test_wordpiece_is_refused_in_one_line_and_unigram_is_used(tmp_path):
         vocab_size=300, special_tokens=["[UNK]"], show_progress=False), tmp_path)
     with pytest.raises(TokenizerError, match=r"cannot be used: it is a WordPiece tokenizer, which decodes with spaces"):
         tokenizers.load(wordpiece)
+    r = run_in_process("train.py", "tiny", f"data.tokenizer={wordpiece}", f"run.out_dir={tmp_path / 'run'}")
+    assert (r.returncode, r.stderr.count("\n")) == (2, 1) and "WordPiece" in r.stderr
+    assert not (tmp_path / "run").exists()
     unigram = _other_kind(models.Unigram(), trainers.UnigramTrainer(vocab_size=300, show_progress=False,
                                                                     special_tokens=["</s>"]), tmp_path)
     tok = tokenizers.load(unigram)
