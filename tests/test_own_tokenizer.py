@@ -122,6 +122,10 @@ def test_train_command_writes_the_file_and_refuses_bad_input(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"wrote {out / 'tokenizer.json'}: vocabulary 300" in r.stderr
     assert tokenizers.load_path(str(out)).vocab_size == 300
+    again = run_main(tokenizer_cli.main, ["train", str(tmp_path / "a.txt"), "--vocab-size", "300", "--out",
+                                          str(tmp_path / "again")])
+    assert again.returncode == 0 and (tmp_path / "again" / "tokenizer.json").read_bytes() == \
+        (out / "tokenizer.json").read_bytes()  # deterministic: the same file, byte for byte
     bad = run_main(tokenizer_cli.main, ["train", str(tmp_path / "a.txt"), "--vocab-size", "100", "--out",
                                         str(tmp_path / "no")])
     assert (bad.returncode, bad.stderr.count("\n")) == (2, 1) and "--vocab-size must be at least 257" in bad.stderr
