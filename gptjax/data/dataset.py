@@ -58,8 +58,9 @@ def cache_root(cfg: DataConfig) -> Path:
 
 
 def cache_key(cfg: DataConfig, src: sources.Source, source_sha256: str) -> str:
-    """The cache entry's name: a hash of everything that determines its tokens, the data by content."""
-    fields = [pipeline.FORMAT_VERSION, source_sha256, cfg.tokenizer, cfg.text_field]
+    """The cache entry's name: a hash of everything that determines its tokens, the data and a tokenizer
+    file by content."""
+    fields = [pipeline.FORMAT_VERSION, source_sha256, tokenizers.identity(cfg.tokenizer), cfg.text_field]
     return hashlib.sha256(json.dumps(fields + [cfg.val_fraction] * (src.kind != "bin")).encode()).hexdigest()[:16]
 
 
@@ -96,9 +97,11 @@ def prepare(cfg: DataConfig, progress=None) -> Dataset:
 
 @functools.cache
 def vocab_size(cfg: DataConfig) -> int:
-    """The data's vocabulary: GPT-2's without reading the data, the corpus's characters otherwise."""
+    """The data's vocabulary: a fixed tokenizer's without reading the data, the corpus's characters otherwise."""
     if cfg.tokenizer == "gpt2":
         return tokenizers.GPT2_VOCAB
+    if tokenizers.is_path(cfg.tokenizer):
+        return tokenizers.load_path(cfg.tokenizer).vocab_size
     return prepare(cfg).vocab_size
 
 
