@@ -3,7 +3,8 @@
 GPT-2 BPE: GPT-2's own vocab.json and merges.txt, derived from the tiktoken ranks gptjax ships
 (each token is the merge of the two parts BPE splits it into using only the ranks below its own).
 Char-level: a tokenizer.json whose model is a BPE with the characters as its vocabulary and no
-merges, so every character is one token, decoded by joining them (the Fuse decoder).
+merges, so every character is one token, decoded by joining them (the Fuse decoder). A run
+trained with a Hugging Face tokenizer.json exports that file as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def write(out: Path, tok, n_ctx: int) -> list[str]:
         files = {"tokenizer.json": json.dumps(char_tokenizer_json(tok.chars), ensure_ascii=False),
                  "tokenizer_config.json": json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
                                                       "model_max_length": n_ctx, **COMMON}, indent=2)}
+    elif tok.kind == "hf":  # a Hugging Face tokenizer.json the run trained with (gptjax tokenizer train)
+        eos = {"eos_token": tok.tok.id_to_token(tok.eot_id)} if tok.eot_id is not None else {}
+        files = {"tokenizer.json": json.dumps(tok.spec, ensure_ascii=False),
+                 "tokenizer_config.json": json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                      "model_max_length": n_ctx, **eos, **COMMON}, indent=2)}
     else:  # token ids as text: the model's real tokenizer is unknown to gptjax
         return []
     for name, text in files.items():
