@@ -128,6 +128,7 @@ SUMMARIES = {
     "inspect": "look inside a trained model: parameters, attention, heads, logit lens, report",
     "convert": "Hugging Face GPT-2 checkpoints in and out of run directories",
     "bench": "time the train step, evaluation and sampling of a config",
+    "tokenizer": "train a BPE tokenizer on your corpus, or compare tokenizers on it",
 }
 USAGE = "usage: gptjax COMMAND [ARGS ...]   (gptjax COMMAND --help for each)"
 
@@ -136,7 +137,7 @@ def overview() -> str:
     """`gptjax --help`: every command with its one line."""
     width = max(map(len, COMMANDS))
     lines = [USAGE, "", "Train small GPTs in JAX/Flax.", "", "commands:"]
-    lines += [f"  {name:<{width}}  {SUMMARIES[name]}" for name in COMMANDS]
+    lines += [f"  {name:<{width}}  {SUMMARIES.get(name, '')}" for name in COMMANDS]
     lines += ["", "options:", "  -h, --help  show this message", "  --version   show gptjax's version"]
     return "\n".join(lines)
 
