@@ -89,6 +89,7 @@ class Loop:
         self.skipped = 0  # updates skipped since the last log line
         self.skipped_in_a_row = 0
         self.clock = Clock()
+        self.flops_per_token = cfg.model.flops_per_token()
 
     def run(self, state: TrainState, start: int):
         t, last = self.cfg.train, {}
@@ -132,18 +133,23 @@ class Loop:
 
     def log_start(self, state: TrainState) -> dict:
         row = {"step": 0, "train_loss": self.first_batch_loss(state), "lr": float(optim.schedule(self.cfg.train)(0)),
-               **self.eval_losses(state)}
+               **self.counted(0), **self.eval_losses(state)}
         self.tracker.log(0, row)
         return row
 
     def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
-               **self.clock.read(self.cfg.tokens_per_step)}
+               **self.clock.read(self.cfg.tokens_per_step), **self.counted(step)}
         row |= self.eval_row(state, step) if is_eval else {}
         row |= {"skipped_steps": int(self.skipped)} if self.skipped else {}
         self.skipped = 0
         self.tracker.log(step, row)
         return row
+
+    def counted(self, step: int) -> dict[str, int]:
+        """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token)."""
+        tokens = step * self.cfg.tokens_per_step
+        return {"tokens": tokens, "flops": tokens * self.flops_per_token}
 
     def save(self, state: TrainState, step: int, last: dict) -> None:
         save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})

@@ -142,7 +142,8 @@ class Stack(Loop):
         step0 = {c.train.seed: local_batch(c, self.ds, 0, self.mesh) for c in self.cfgs}  # as Loop.first_batch_loss
         first = self.losses(state.params, t.grad_accum, lambda c, i: tuple(a[i] for a in step0[c.train.seed]))
         evals, lr = self.eval_rows(state, None), float(optim.schedule(t)(0))
-        return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **e} for loss, e in zip(first, evals)])
+        return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **self.counted(0), **e}
+                              for loss, e in zip(first, evals)])
 
     def eval_rows(self, state: TrainState, step: int | None) -> list[dict]:
         """Each seed's evaluation on its own fixed batches, as Loop.eval_losses (step None: step 0, unannounced)."""
@@ -165,6 +166,7 @@ class Stack(Loop):
         evals = self.eval_rows(state, step) if is_eval else [{} for _ in self.cfgs]
         skipped = np.broadcast_to(self.skipped, len(self.cfgs))
         self.skipped = 0
+        clock |= self.counted(step)
         return self.write(step, [{"step": step, **{k: float(v[i]) for k, v in values.items()}, **clock, **evals[i],
                                   **({"skipped_steps": int(skipped[i])} if skipped[i] else {})}
                                  for i in range(len(self.cfgs))])
