@@ -29,7 +29,7 @@ import numpy as np
 from gptjax import data, sharding
 from gptjax.config import Config, ConfigError
 from gptjax.train import optim, runs, trainer
-from gptjax.train.loop import Loop, eval_batch, local_batch
+from gptjax.train.loop import Loop, bits_per_byte, eval_batch, eval_bytes, local_batch
 from gptjax.train.state import Pieces, build, init_state, restore_state, save
 from gptjax.train.step import TrainState
 
@@ -158,8 +158,10 @@ class Stack(Loop):
         if step is not None:
             vals = " / ".join(f"{v:.4f}" for v in out["val"])
             self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
-        return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_s": seconds}
-                for tr, va in zip(out["train"], out["val"])]
+        bpb = {split: [bits_per_byte(c, float(loss), eval_bytes(c, self.ds, split))
+                       for c, loss in zip(self.cfgs, losses)] for split, losses in out.items()}
+        return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_train_bpb": trb, "val_bpb": vab,
+                 "eval_s": seconds} for tr, va, trb, vab in zip(out["train"], out["val"], bpb["train"], bpb["val"])]
 
     def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> list[dict]:
         values, clock = jax.device_get(metrics), self.clock.read(self.cfg.tokens_per_step)
