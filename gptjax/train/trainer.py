@@ -109,7 +109,7 @@ def open_run(cfg: Config, ds: data.Dataset, pieces: Pieces, source, closing: con
     ckpts = ckpts or closing.enter_context(Checkpoints(run_dir, cfg.run.keep_checkpoints))
     if not progress:
         cfg = cfg.replace(run={"progress": False})
-    tracker = Tracker(run_dir, cfg, start, cfg.train.steps, resumed=resumed)
+    tracker = Tracker(run_dir, cfg, start, cfg.train.steps)
     closing.callback(tracker.close)
     if resumed and start < cfg.train.steps:
         tracker.message(f"resuming from step {start} of {cfg.train.steps}")
