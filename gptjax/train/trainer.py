@@ -32,6 +32,10 @@ def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
     ds = data.prepare(cfg.data, progress=show_data_progress if jax.process_index() == 0 else None)
     cfg = cfg.resolve_vocab(ds.vocab_size).resolve_steps()  # a compute budget's steps need the vocabulary
+    if (cfg.train.flops_budget or cfg.train.tokens_per_param) and jax.process_index() == 0:
+        print(f"budget: {cfg.train.steps} steps x {cfg.tokens_per_step:,} tokens x {cfg.model.flops_per_token():,} "
+              f"FLOPs per token = {cfg.train.steps * cfg.tokens_per_step * cfg.model.flops_per_token():.3g} FLOPs "
+              f"(N = {cfg.model.n_compute_params:,} parameters)", file=sys.stderr)
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
     shards = sharding.n_batch_shards(mesh)
