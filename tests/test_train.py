@@ -78,8 +78,9 @@ def test_run_directory_layout_and_metrics(tiny, tmp_path):
     assert {"config.yaml", "tokenizer.json", "metrics.jsonl", "checkpoints"} <= {p.name for p in run.iterdir()}
     rows = read_metrics(run)
     assert rows[0]["step"] == 0 and abs(rows[0]["val_loss"] - np.log(65)) < 0.1
-    for row in rows[1:]:
+    for row in rows[1:-1]:
         assert {"step", "train_loss", "lr", "tokens_per_sec", "grad_norm"} <= row.keys()
+    assert {"train_loss", "tokens_per_sec"} <= rows[-1].keys() and "lr" not in rows[-1]  # no update after it
     assert [r["step"] for r in rows if "val_loss" in r] == [0, 10, 20]
     assert last["step"] == 20 and last["val_loss"] < rows[0]["val_loss"]
     assert sorted(Checkpoints(run).steps()) == [10, 20]
