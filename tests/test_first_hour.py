@@ -144,7 +144,7 @@ def test_training_says_what_it_does_first_and_ends_with_one_summary_line(tmp_pat
 
 def test_the_bar_leaves_the_compile_out_of_its_rate_and_eta(tmp_path):
     cfg = config.load("tiny", ["run.progress=true", f"run.out_dir={tmp_path}"])
-    tracker = Tracker(tmp_path, cfg, 0, 1000, resumed=False)
+    tracker = Tracker(tmp_path, cfg, 0, 1000)
     time.sleep(0.5)  # the first step, compiling
     tracker.compiled(1)
     for _ in range(20):
