@@ -121,6 +121,8 @@ class Loop:
                 self.save(state, step, last)
             if stopping:
                 self.interrupted(step)
+            if is_eval and self.reached_target(last, step):
+                break
         if self.stop.signum is not None:  # the signal came after the last step: it is saved
             self.interrupted(step)
         return last
@@ -159,6 +161,15 @@ class Loop:
         return restore_state(self.ckpts, step, self.pieces) if step else init_state(self.cfg, self.pieces)
 
     # ---------------------------------------------------------------------------
+
+    def reached_target(self, last: dict | list[dict], step: int) -> bool:
+        """train.target_val_loss: whether every run the state holds is at or below it (then it says so)."""
+        target = self.cfg.train.target_val_loss
+        rows = last if isinstance(last, list) else [last]
+        if not target or not all(row.get("val_loss", float("inf")) <= target for row in rows):
+            return False
+        self.tracker.message(f"step {step}: val loss at or below train.target_val_loss={target:g}; stopping")
+        return True
 
     def interrupted(self, step: int):
         newest = self.newest_checkpoint()
