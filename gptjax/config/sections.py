@@ -124,6 +124,8 @@ class ModelConfig:
         for its matmul work as the unembedding. Grouped K/V heads shrink N, not the scores."""
         looked_up = self.n_ctx * (self.positions == "learned") + self.n_vocab * (not self.tie_embeddings)
         # Value-embedding tables are only looked up too (their mixing and the U-net's gains count as gains do).
+        # TODO(a1-flops merge): this subtraction belongs in n_compute_params (a1-flops' N), and the XLA-count
+        # test (tests/test_flops.py) should cover value_embeds and unet_skips; zero_init_proj adds nothing.
         n = self.n_params - looked_up * self.n_embd - self.value_embeds * self.n_vocab * self.kv_heads * self.head_dim
         attention = 12 * self.n_layer * self.n_ctx * self.n_embd
         return 6 * n + (attention // 2 if causal_half else attention)
