@@ -29,6 +29,7 @@ KNOBS = {
     "softcap": dict(logit_softcap=5.0),
     "zero_init_proj": dict(zero_init_proj=True),
     "unet_skips": dict(unet_skips=True),
+    "embed_skips": dict(embed_skips=True),
     "value_embeds": dict(value_embeds=1, n_kv_head=2),
     "modern": dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, n_kv_head=2,
                    tie_embeddings=False, logit_softcap=15.0, bias=False),

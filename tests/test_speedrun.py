@@ -25,7 +25,7 @@ GPT2_ABS_SUM = 527.6422829627991
 GPT2_LOGITS = (25.810197830200195, 292.47210693359375,
                [-0.01310795545578003, 0.30200570821762085, 0.09952685236930847, 0.002702482044696808])
 
-MODEL_KNOBS = {"zero_init_proj": True, "unet_skips": True, "value_embeds": 1}
+MODEL_KNOBS = {"zero_init_proj": True, "unet_skips": True, "embed_skips": True, "value_embeds": 1}
 TRAIN_KNOBS = {"cooldown_frac": 0.4, "head_lr": 1e-2, "target_val_loss": 1.5}
 
 
@@ -94,6 +94,18 @@ def test_unet_skips_add_each_early_output_to_its_mirror_block_times_a_learned_ga
     plain = GPT(ModelConfig(**BASE | dict(n_layer=4)), rngs=nnx.Rngs(0))
     model.skip_gain_l[...] = jnp.zeros(2)  # no skips: GPT-2 with the same weights
     np.testing.assert_allclose(model(IDX), plain(IDX), atol=1e-6)
+
+
+def test_embed_skips_start_every_block_from_a_learned_mix_of_its_input_and_the_embeddings():
+    model = GPT(ModelConfig(**BASE, embed_skips=True), rngs=nnx.Rngs(0))
+    plain = GPT(ModelConfig(**BASE), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(model(IDX), plain(IDX), atol=1e-6)  # λ = (1, 0) at start: GPT-2's function
+    model.blocks[0].x0_mix_2[...] = jnp.array([0.5, 0.0])
+    model.blocks[1].x0_mix_2[...] = jnp.array([2.0, -1.5])
+    x0 = model.wte_vd[...][IDX] + model.wpe_td[...][:16]
+    o0 = plain.blocks[0](0.5 * x0)[0]
+    o1 = plain.blocks[1](2.0 * o0 - 1.5 * x0)[0]
+    np.testing.assert_allclose(model.hidden(IDX)[0], model.ln_f(o1), atol=1e-5)
 
 
 def test_value_embeds_share_tables_between_the_first_and_last_blocks():

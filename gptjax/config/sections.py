@@ -45,6 +45,8 @@ class ModelConfig:
     zero_init_proj: bool = _field(False, "start W_O and W_down at zero: every block starts as the identity")
     unet_skips: bool = _field(False, "U-net: the last L/2 blocks each add an early block's output, mirrored, "
                                      "times a learned gain (1 at start)")
+    embed_skips: bool = _field(False, "every block starts from λ₀·x + λ₁·x₀, x₀ the embeddings, λ learned "
+                                      "from (1, 0)")
     value_embeds: int = _field(0, "E tables of value embeddings: the first E and the last E blocks mix their "
                                   "table's row for each token into its attention values (learned weights); 0: off")
 
@@ -93,8 +95,8 @@ class ModelConfig:
     def is_gpt2(self) -> bool:
         """The architecture is GPT-2's (every knob on its default), so GPT-2 tools can read it."""
         return (self.positions, self.norm, self.mlp, self.qk_norm, self.kv_heads, self.tie_embeddings,
-                self.logit_softcap, self.zero_init_proj, self.unet_skips, self.value_embeds,
-                ) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0, False, False, 0)
+                self.logit_softcap, self.zero_init_proj, self.unet_skips, self.embed_skips, self.value_embeds,
+                ) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0, False, False, False, 0)
 
     def value_table(self, layer: int) -> int | None:
         """Which value-embedding table block `layer` mixes in: the first E blocks and the last E (in order)
@@ -114,7 +116,8 @@ class ModelConfig:
         gated = self.mlp == "swiglu"
         mlp = (2 + gated) * D * F + b * ((1 + gated) * F + D)
         tables = (1 + (not self.tie_embeddings)) * self.n_vocab * D + self.n_ctx * D * (self.positions == "learned")
-        speedrun = self.unet_skips * (L // 2) + self.value_embeds * (self.n_vocab * KV + 2 * 2)  # tables, mixes
+        # The speedrun's: U-net gains, x₀ mixes per block, value tables and the mixes of their 2E blocks.
+        speedrun = self.unet_skips * (L // 2) + self.embed_skips * 2 * L + self.value_embeds * (self.n_vocab * KV + 4)
         return tables + L * (2 * norm + attention + mlp) + norm + speedrun
 
     def flops_per_token(self, causal_half: bool = False) -> int:

@@ -76,11 +76,11 @@ class GPT(nnx.Module):
         x_btd = x_btd.astype(self.dtype)
         x_btd = constrain(dropout(self.drop, x_btd, rngs), BTD)
         values = self.value_rows(idx_bt)
-        outputs, new_cache = [], []
+        x0_btd, outputs, new_cache = x_btd, [], []
         for i, block in enumerate(self.blocks):
             x_btd = self.skip_in(x_btd, i, outputs)
             x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos,
-                                       ve_bthk=values[i])
+                                       ve_bthk=values[i], x0_btd=x0_btd)
             outputs.append(x_btd)
             new_cache.append(layer_cache)
         return self.ln_f(x_btd), (None if cache is None else new_cache)
@@ -120,8 +120,13 @@ class Block(nnx.Module):
         self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg, dtype, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
+        # model.embed_skips: the block starts from λ₀·x + λ₁·x₀, learned from (1, 0): the input as it was.
+        self.x0_mix_2 = nnx.Param(jnp.array([1.0, 0.0]), axes=(None,)) if cfg.embed_skips else None
 
-    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0, ve_bthk=None):
+    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0, ve_bthk=None, x0_btd=None):
+        if self.x0_mix_2 is not None:
+            mix = self.x0_mix_2[...].astype(x_btd.dtype)
+            x_btd = mix[0] * x_btd + mix[1] * x0_btd
         attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos, ve_bthk=ve_bthk)
         x_btd = x_btd + dropout(self.drop, attn_btd, rngs)
         x_btd = x_btd + dropout(self.drop, self.mlp(self.ln_2(x_btd)), rngs)
