@@ -10,6 +10,9 @@ import yaml
 
 from gptjax.errors import UserError
 
+MAX_SEED = 2**63 - 1  # seeds go to numpy and JAX as int64
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
 
 class ConfigError(UserError):
     """A config the user must fix; the message is one line saying how."""
@@ -69,8 +72,8 @@ class ModelConfig:
                    f"model.{name} must be {' or '.join(choices)}, got {getattr(self, name)!r}")
         _check(self.n_kv_head is None or (self.n_kv_head > 0 and self.n_head % self.n_kv_head == 0),
                f"model.n_kv_head={self.n_kv_head} must be positive and divide model.n_head={self.n_head}")
-        _check(self.logit_softcap >= 0 and not math.isnan(self.logit_softcap),
-               f"model.logit_softcap must be >= 0 (0 disables), got {self.logit_softcap}")
+        _check(self.logit_softcap >= 0 and math.isfinite(self.logit_softcap),
+               f"model.logit_softcap must be a finite number >= 0 (0 disables), got {self.logit_softcap}")
         _check(self.positions != "rope" or self.n_head <= 0 or (self.n_embd // self.n_head) % 2 == 0,
                f"model.positions=rope rotates pairs of dimensions: head size n_embd/n_head must be even, "
                f"got {self.n_embd}/{self.n_head}")
@@ -202,8 +205,9 @@ class TrainConfig:
         _check(0 <= self.cooldown_frac <= 1,
                f"train.cooldown_frac must be in [0, 1] (0: cosine), got {self.cooldown_frac}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps", "muon_lr", "target_val_loss", "head_lr"):
-            _check(getattr(self, name) >= 0 and not math.isnan(getattr(self, name)),
-                   f"train.{name} must be >= 0, got {getattr(self, name)}")
+            _check(getattr(self, name) >= 0 and math.isfinite(getattr(self, name)),
+                   f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        _check(0 <= self.seed <= MAX_SEED, f"train.seed must be between 0 and {MAX_SEED}, got {self.seed}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
 
     @property
@@ -244,6 +248,9 @@ class RunConfig:
         _check(self.wandb in ("off", "offline", "online"),
                f"run.wandb must be off, offline or online, got {self.wandb!r}")
         _check(self.keep_checkpoints > 0, f"run.keep_checkpoints must be positive, got {self.keep_checkpoints}")
+        longest = max((len(part.encode("utf-8", "surrogateescape")) for part in self.out_dir.split("/")), default=0)
+        _check(longest <= NAME_MAX, f"run.out_dir has a folder name of {longest} bytes, more than the {NAME_MAX} "
+                                    f"a file system allows; give a shorter name")
 
 
 @dataclasses.dataclass(frozen=True)
