@@ -61,6 +61,13 @@ def test_train_knob_is_off_by_default(knob):
     assert getattr(TrainConfig(), knob) == 0
 
 
+def test_default_optimizer_state_keeps_its_tree_so_old_checkpoints_restore():
+    params = params_of(GPT(ModelConfig(**BASE), rngs=nnx.Rngs(0)))
+    cfg = TrainConfig()
+    before = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optim.update_rule(cfg))  # the chain as it was
+    assert jax.tree.structure(optim.make(cfg).init(params)) == jax.tree.structure(before.init(params))
+
+
 def test_default_schedule_is_still_warmup_then_cosine():
     cfg = TrainConfig(steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
     cosine = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 100, 1000, 1e-4)

@@ -1,4 +1,4 @@
-"""The optimizer: global-norm clipping, then AdamW, Muon or Lion on a warmup + cosine schedule."""
+"""The optimizer: global-norm clipping, then AdamW, Muon or Lion on a warmup + cosine (or trapezoidal) schedule."""
 
 from __future__ import annotations
 
@@ -59,14 +59,13 @@ def make(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
         update_rule(cfg),
-        head_rate(cfg),
+        # Only when set: one more link would change the optimizer state's tree, and old checkpoints with it.
+        *([head_rate(cfg)] if cfg.head_lr else []),
     )
 
 
 def head_rate(cfg: TrainConfig) -> optax.GradientTransformation:
     """train.head_lr: the untied W_U's AdamW step (decay included) rescaled from train.lr's to head_lr's."""
-    if not cfg.head_lr:
-        return optax.identity()
     def is_head(params):
         return jax.tree_util.tree_map_with_path(
             lambda path, p: any(getattr(k, "key", None) == "w_unembed_vd" for k in path), params)
