@@ -1,4 +1,4 @@
-"""The command line: `gptjax train|sample|sweep|inspect|convert|bench ...` (train.py and sample.py call it too)."""
+"""The command line: `gptjax train|sample|sweep|inspect|convert|bench|tokenizer ...` (train.py, sample.py call it)."""
 
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ COMMANDS = {
     "inspect": "gptjax.look.cli:main",
     "convert": "gptjax.interop.convert:main",
     "bench": "gptjax.bench:main",
+    "tokenizer": "gptjax.data.tokenizer_cli:main",
 }
 
 

@@ -141,7 +141,8 @@ class ModelConfig:
 class DataConfig:
     source: str = _field("shakespeare", "shakespeare | .txt/.jsonl/.parquet[.gz|.zst] file, glob, a,b list or folder "
                          "of shards | nanoGPT train.bin/val.bin folder | hf:NAME[:CONFIG]")
-    tokenizer: str = _field("char", "char (vocabulary from the corpus) | gpt2 (GPT-2 BPE)")
+    tokenizer: str = _field("char", "char (vocabulary from the corpus) | gpt2 (GPT-2 BPE) | path of a Hugging Face "
+                            "tokenizer.json or its folder (gptjax tokenizer train writes one)")
     text_field: str = _field("text", "column holding the text in .jsonl/.parquet/hub datasets")
     val_fraction: float = _field(0.1, "share of documents held out for validation, by a hash of each document's index")
     cache_dir: str = _field("", "where tokenized data is cached; empty: $GPTJAX_CACHE or ~/.cache/gptjax")
@@ -149,7 +150,9 @@ class DataConfig:
     chunk_chars: int = _field(1 << 20, "characters per tokenizing task; memory grows with num_proc x it, not corpus")
 
     def __post_init__(self):
-        _check(self.tokenizer in ("char", "gpt2"), f"data.tokenizer must be char or gpt2, got {self.tokenizer!r}")
+        # A file path holds a separator or names a .json; anything else is a misspelt kind.
+        _check(self.tokenizer in ("char", "gpt2") or "/" in self.tokenizer or self.tokenizer.endswith(".json"),
+               f"data.tokenizer must be char, gpt2 or the path of a tokenizer.json, got {self.tokenizer!r}")
         _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(bool(self.source), "data.source is empty; use shakespeare, a file path or hf:NAME")
         _check(self.num_proc >= 0 and self.chunk_chars >= 1024, "data.num_proc must be >= 0 (0: one per core) and "
