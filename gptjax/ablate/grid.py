@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from gptjax import config
+from gptjax import config, yaml_io
 from gptjax.config import Config, ConfigError, ModelConfig
 from gptjax.errors import did_you_mean
 
@@ -81,7 +81,7 @@ def is_sweep_file(target: str) -> Path | None:
     for path in (Path(target), config.CONFIG_DIR / "ablations" / f"{target}.yaml"):
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+                raw = yaml_io.load(path)  # bounded: a sweep file is read as a config is
             except (yaml.YAMLError, OSError, UnicodeDecodeError):
                 return None  # not ours to judge: config.load reports it as a base config
             return path if isinstance(raw, dict) and ("grid" in raw or "base" in raw) else None
@@ -89,7 +89,7 @@ def is_sweep_file(target: str) -> Path | None:
 
 
 def read_sweep_file(path: Path) -> Spec:
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml_io.load(path)
     if unknown := set(raw) - FILE_KEYS:
         raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; it may hold {sorted(FILE_KEYS)}")
     grid, fixed = raw.get("grid"), raw.get("set") or {}

@@ -15,6 +15,7 @@ from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from gptjax.errors import UserError
+from gptjax.files import ReadError, read_json
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GPT2_RANKS = ASSETS / "gpt2.tiktoken"
@@ -120,6 +121,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
 
 # Far above any real vocabulary, far below what would exhaust memory when an embedding is sized by it.
 MAX_VOCAB = 1 << 24
+MAX_FILE_BYTES = 256 << 20  # a char list of MAX_VOCAB characters, or a large Hugging Face tokenizer.json
 
 
 def from_json(spec):
@@ -151,10 +153,10 @@ def from_json(spec):
 
 
 def load(path: Path):
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {str(e)[:120]}; restore it from the run's "
+    try:  # bounded: a FIFO in its place would block, 20,000 nested `[` would overflow the parser
+        spec = read_json(path, max_bytes=MAX_FILE_BYTES)
+    except (OSError, ReadError) as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {str(e)[:160]}; restore it from the run's "
                              f"source, or retrain") from None
     try:
         return from_json(spec)

@@ -21,9 +21,10 @@ from flax import nnx
 
 from gptjax import config as config_lib
 from gptjax import sharding, yaml_io
+from gptjax.data import sources
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError, first_line
-from gptjax.files import atomic_write
+from gptjax.files import ReadError, atomic_write, read_json
 from gptjax.model import GPT, abstract_model
 from gptjax.train.checkpoint import CHECKPOINT_DIR, DAMAGED_DIR, CheckpointError, Checkpoints
 
@@ -57,7 +58,7 @@ def check_run_dir(cfg: config_lib.Config, ds=None) -> Path:
                        f"give an empty or new folder, or the out_dir of a run")
     if has_checkpoint(run_dir) and (run_dir / CONFIG_FILE).is_file():  # until then, nothing pins the run
         if ds is not None:  # first: edited data also shows as another n_vocab, a less telling message
-            _check_inputs(run_dir, inputs(ds.meta.get("source_id"), ds.tokenizer), cfg.data.source)
+            _check_inputs(run_dir, inputs(ds.meta.get("source_sha256"), ds.tokenizer), cfg.data.source)
         old, new = _read_config_tree(run_dir), cfg.to_dict()
         if newest := _newest_meta(run_dir):
             check_saved_model(run_dir, old.get("model") or {}, *newest)
@@ -113,32 +114,53 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any(p.name.isdigit() for p in (run_dir / CHECKPOINT_DIR).glob("*"))
 
 
-def inputs(source_id: str | None, tokenizer) -> dict:
-    """The run's data and tokenizer, as inputs.json records them."""
+def inputs(data_sha256: str | None, tokenizer) -> dict:
+    """The run's data (its content digest, gptjax.data.digests) and tokenizer, as inputs.json records them."""
     spec = json.dumps(tokenizer.to_json(), sort_keys=True).encode()
-    return {"data": source_id, "tokenizer_sha256": hashlib.sha256(spec).hexdigest(), "vocab_size": tokenizer.vocab_size}
+    return {"data_sha256": data_sha256, "tokenizer_sha256": hashlib.sha256(spec).hexdigest(),
+            "vocab_size": tokenizer.vocab_size}
+
+
+def read_inputs(run_dir: Path) -> dict:
+    """inputs.json, or {} for a run from before it (or converted); one that is there but damaged (a FIFO,
+    20,000 nested `[`, not an object) is refused rather than read as "nothing pinned"."""
+    try:
+        was = read_json(run_dir / INPUTS_FILE)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ReadError) as e:
+        raise RunError(f"{run_dir / INPUTS_FILE} is damaged ({e}); restore it, or delete it (then only "
+                       f"{TOKENIZER_FILE} is checked)") from None
+    if not isinstance(was, dict):
+        raise RunError(f"{run_dir / INPUTS_FILE} is damaged (not a JSON object); restore it, or delete it (then "
+                       f"only {TOKENIZER_FILE} is checked)")
+    return was
 
 
 def _check_inputs(run_dir: Path, now: dict, source: str) -> None:
     """A resumed run trains on what it started with: an edited data file or refitted tokenizer would remap ids."""
-    try:
-        was = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:  # a run from before inputs.json: its tokenizer.json still tells
-        was = {}
-    except (OSError, ValueError) as e:
-        was = first_line(e)
-    if not isinstance(was, dict):
-        raise RunError(f"{run_dir / INPUTS_FILE} is damaged ({was if isinstance(was, str) else 'not a JSON object'}); "
-                       f"put it back, or remove it to resume without checking the data is the same")
-    if not was and (run_dir / TOKENIZER_FILE).is_file():
+    was = read_inputs(run_dir)
+    if not was and (run_dir / TOKENIZER_FILE).is_file():  # a run from before inputs.json: its tokenizer tells
         was = {"tokenizer_sha256": inputs(None, tokenizers.load(run_dir / TOKENIZER_FILE))["tokenizer_sha256"]}
     fix = "put back the data it was trained on, or use another run.out_dir to start a new run"
-    if was.get("data") not in (None, now["data"]):
+    if "data_sha256" not in was and was.get("data") is not None:
+        _check_mtime_pin(run_dir, was["data"], source, fix)
+    elif was.get("data_sha256") not in (None, now["data_sha256"]):
         raise RunError(f"{run_dir} was trained on other data than data.source={source} now holds "
-                       f"(it changed since the run started); {fix}")
+                       f"(its content changed since the run started); {fix}")
     if was.get("tokenizer_sha256") not in (None, now["tokenizer_sha256"]):
         raise RunError(f"{run_dir} was trained with another tokenizer than this data gives "
                        f"(vocabulary {was.get('vocab_size', '?')} then, {now['vocab_size']} now); {fix}")
+
+
+def _check_mtime_pin(run_dir: Path, pinned, source: str, fix: str) -> None:
+    """A run started before data was pinned by content recorded each file's path, size and mtime: the same
+    stat still means the same data (this resume then pins it by content); another cannot be told apart
+    from an edit."""
+    if pinned != sources.stat_identity(sources.resolve(source)):
+        raise RunError(f"{run_dir} was started by an older gptjax, which pinned data.source={source} by "
+                       f"modification time, and that changed since; if the content is the same, delete "
+                       f"{run_dir / INPUTS_FILE} to pin it by content from now on, else {fix}")
 
 
 def lock(run_dir: Path, what: str = "training run"):
@@ -251,11 +273,11 @@ def scratch_dir(run_dir: Path):
         raise
 
 
-def write_run_files(run_dir: Path, cfg: config_lib.Config, tokenizer, source_id: str | None = None) -> None:
+def write_run_files(run_dir: Path, cfg: config_lib.Config, tokenizer, data_sha256: str | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / CONFIG_FILE, cfg.to_yaml())
     atomic_write(run_dir / TOKENIZER_FILE, json.dumps(tokenizer.to_json()))
-    atomic_write(run_dir / INPUTS_FILE, json.dumps(inputs(source_id, tokenizer)))
+    atomic_write(run_dir / INPUTS_FILE, json.dumps(inputs(data_sha256, tokenizer)))
 
 
 # ---------------------------------------------------------------------------
@@ -291,10 +313,7 @@ def read_files(run_dir: str | Path) -> tuple[config_lib.Config, object]:
     """The run's config and tokenizer: cheap, so a sampler can check its flags before loading weights."""
     run_dir = Path(run_dir)
     cfg, tok = load_config(run_dir), tokenizers.load(run_dir / TOKENIZER_FILE)
-    try:
-        was = json.loads((run_dir / INPUTS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # a run from before inputs.json, or converted: only the size can tell
-        was = {}
+    was = read_inputs(run_dir)  # {} for a run from before inputs.json, or converted: only the size can tell
     trained = was.get("vocab_size") if isinstance(was, dict) else None
     if tok.vocab_size > (cfg.model.n_vocab or 0) or trained not in (None, tok.vocab_size):
         raise RunError(f"{run_dir / TOKENIZER_FILE} has a vocabulary of {tok.vocab_size}, but the run was trained "
