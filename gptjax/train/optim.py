@@ -20,20 +20,31 @@ def schedule(cfg: TrainConfig, peak: float | None = None) -> optax.Schedule:
         decay_steps=cfg.decay_steps, end_value=cfg.min_lr * peak / cfg.lr if cfg.lr else 0.0)
 
 
+def leaf_name(path) -> str:
+    """A parameter's own name (`wq_dhk`, `bq_hk`, `scale_d`), past nnx's `.value`."""
+    return next(str(k.key) for k in reversed(path) if hasattr(k, "key"))
+
+
+def is_weight(path) -> bool:
+    # The model names matrices and tables w*, biases b* and norm gains scale_*. By name, not by rank:
+    # the attention biases are (H, K) arrays, as 2-D as a matrix.
+    return leaf_name(path).startswith("w")
+
+
 def decay_mask(params):
-    # As GPT-2 and nanoGPT: decay matrices and embeddings, never biases or LayerNorm gains.
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    # As GPT-2 and nanoGPT: decay matrices and embeddings, never biases or norm gains.
+    return jax.tree_util.tree_map_with_path(lambda path, p: is_weight(path), params)
 
 
 def muon_dims(params):
     """Each weight matrix as Muon's (input axes, output axes), read from its name's dimension suffix.
 
     w_dhk maps D to (H, K) and w_hkd maps (H, K) to D: both are orthogonalised as one 2-D
-    matrix, as modded-nanogpt does with its fused projections. Tables and 1-D gains get None (AdamW).
+    matrix, as modded-nanogpt does with its fused projections. Tables, biases and gains get None (AdamW).
     """
     def dims(path, p):
-        name = next(str(k.key) for k in reversed(path) if hasattr(k, "key"))  # past nnx's `.value`
-        if p.ndim < 2 or name in TABLES:
+        name = leaf_name(path)
+        if not is_weight(path) or name in TABLES:
             return None
         if name.rsplit("_", 1)[-1].startswith("d"):
             return MuonDimensionNumbers(reduction_axis=0, output_axis=tuple(range(1, p.ndim)))
