@@ -123,6 +123,41 @@ def test_kept_set_matches_its_definition_on_a_gpt2_sized_vocabulary():
     assert checked > 250  # most rows: only a mass within 1e-5 of top_p is skipped
 
 
+LAW_LOGITS = np.array([2.0, 1.4, 1.1, 0.5, 0.2, -0.3, -0.9, -1.6])
+
+
+def law_by_definition(temperature, top_k, top_p):
+    """The exact distribution sampling should follow: softmax(logits / T) over the kept set, in float64."""
+    kept, margin = kept_by_definition(LAW_LOGITS, temperature, top_k, top_p, len(LAW_LOGITS))
+    assert margin > 0.02  # the settings below sit well away from a top-p boundary
+    probs = np.exp(LAW_LOGITS / temperature) * np.isin(np.arange(len(LAW_LOGITS)), list(kept))
+    return probs / probs.sum()
+
+
+@jax.jit
+def draw_many(key, temperature, top_k, top_p):
+    logits_bv = jnp.broadcast_to(jnp.asarray(LAW_LOGITS, jnp.float32), (200_000, len(LAW_LOGITS)))
+    tokens = sampling.sample_token(logits_bv, key, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   vocab_size=len(LAW_LOGITS))
+    return jnp.bincount(tokens, length=len(LAW_LOGITS))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+@pytest.mark.parametrize("top_k, top_p", [(8, 1.0), (4, 1.0), (8, 0.75), (5, 0.8)])
+def test_sampled_frequencies_follow_the_tempered_filtered_softmax(temperature, top_k, top_p):
+    """Planted bug: the sampler ignoring temperature (the division dropped in gptjax/sampling.py), or
+    drawing the wrong proportions inside top-k / top-p. 200,000 draws against the exact law: a chi-square
+    past 40 (7 degrees of freedom at most; p < 1e-5 under the right law) fails, and the law at T = 1
+    gives thousands here."""
+    law = law_by_definition(temperature, top_k, top_p)
+    counts = np.asarray(draw_many(jax.random.PRNGKey(7), temperature, top_k, top_p))
+    assert counts.sum() == 200_000
+    assert np.all(counts[law == 0] == 0)  # nothing outside the kept set
+    expected = 200_000 * law[law > 0]
+    chi2 = float(np.sum((counts[law > 0] - expected) ** 2 / expected))
+    assert chi2 < 40, (chi2, counts / 200_000, law)
+
+
 def test_padded_vocab_ids_are_never_drawn():
     logits = jnp.zeros((1, 8)).at[0, 6].set(50.0)  # the padded id 6 is by far the most likely
     assert int(sampling.sample_token(logits, jax.random.PRNGKey(0), temperature=0.0, top_k=8, top_p=1.0,
