@@ -163,9 +163,10 @@ def as_matrix(key: str, x: np.ndarray) -> np.ndarray:
 
 
 def reference_muon(cfg: TrainConfig, params: dict, grads_per_step: list[dict]) -> dict:
-    """Muon on the matrices (Nesterov momentum with bias correction, Newton-Schulz, sqrt(max(1, out/in))),
-    Nesterov AdamW on the tables (wte, wpe, w_unembed), biases and gains; no clipping (grad_clip=0)."""
-    beta, b1, b2, eps = cfg.beta1, cfg.beta1, cfg.beta2, 1e-8
+    """Muon on the matrices (Nesterov momentum with bias correction, Newton-Schulz, sqrt(max(1, out/in)),
+    decay), Nesterov AdamW on the tables (wte, wpe, w_unembed; decayed), biases and gains (not decayed);
+    no clipping (grad_clip=0)."""
+    beta, b1, b2, eps = cfg.beta1, cfg.beta1, cfg.beta2, cfg.eps
     p = dict(params)
     mu = {k: np.zeros_like(x) for k, x in p.items()}
     nu = {k: np.zeros_like(x) for k, x in p.items()}
@@ -179,22 +180,24 @@ def reference_muon(cfg: TrainConfig, params: dict, grads_per_step: list[dict]) -
                 nesterov = beta * mu[k] / (1 - beta ** (n + 1)) + (1 - beta) * g / (1 - beta ** n)
                 m = as_matrix(k, nesterov)
                 u = newton_schulz(m) * math.sqrt(max(1.0, m.shape[1] / m.shape[0]))
-                p[k] = p[k] - reference_lr(cfg, cfg.muon_lr, t) * u.reshape(g.shape)
+                p[k] = p[k] - reference_lr(cfg, cfg.muon_lr, t) * (u.reshape(g.shape) + cfg.weight_decay * p[k])
             else:
                 mu[k] = b1 * mu[k] + (1 - b1) * g
                 nu[k] = b2 * nu[k] + (1 - b2) * g * g
                 m_hat = b1 * mu[k] / (1 - b1 ** (n + 1)) + (1 - b1) * g / (1 - b1 ** n)
-                p[k] = p[k] - reference_lr(cfg, cfg.lr, t) * m_hat / (np.sqrt(nu[k] / (1 - b2 ** n)) + eps)
+                decay = cfg.weight_decay * p[k] if name.startswith("w") else 0.0  # tables, never biases or gains
+                p[k] = p[k] - reference_lr(cfg, cfg.lr, t) * (m_hat / (np.sqrt(nu[k] / (1 - b2 ** n)) + eps) + decay)
     return p
 
 
 def test_muon_steps_equal_an_independent_reference():
     """Planted bugs: "muon" routed to AdamW; Newton-Schulz coefficients, momentum or shape scaling
-    changed; a table, bias or gain sent to the orthogonalised part (gptjax/train/optim.py).
-    Two steps with different gradients, so the momentum carries one into the next."""
+    changed; a table, bias or gain sent to the orthogonalised part; biases or gains decayed
+    (gptjax/train/optim.py). Two steps with different gradients, so the momentum carries one into the next."""
     cfg = TrainConfig(optimizer="muon", lr=0.01, muon_lr=0.05, warmup_steps=0, lr_decay_steps=4, min_lr=0.001,
-                      weight_decay=0.0, beta1=0.9, beta2=0.95, grad_clip=0.0)
+                      weight_decay=0.3, beta1=0.9, beta2=0.95, grad_clip=0.0)
     _, params = tiny_params(ModelConfig(**{**CFG.__dict__, "tie_embeddings": False, "n_vocab": 40}))
+    params = random_like(params, 4, 0.5)  # biases and gains away from 0 and 1, so decaying them shows
     grads = [random_like(params, 30 + t) for t in range(2)]
     got = named_leaves(run_optimizer(cfg, params, grads))
     want = reference_muon(cfg, named_leaves(params), [named_leaves(g) for g in grads])

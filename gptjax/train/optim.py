@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax
 import optax
-from optax.contrib import MuonDimensionNumbers, muon
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
+from optax.contrib._muon import scale_by_shape  # not exported; pinned by tests/test_recipe.py
 
 from gptjax.config import TrainConfig
 
@@ -61,10 +62,38 @@ def make(cfg: TrainConfig) -> optax.GradientTransformation:
 
 def update_rule(cfg: TrainConfig) -> optax.GradientTransformation:
     if cfg.optimizer == "muon":
-        return muon(schedule(cfg, cfg.muon_lr), beta=cfg.beta1 if cfg.beta1 else 0.95,
-                    weight_decay=cfg.weight_decay, adam_learning_rate=schedule(cfg), adam_b1=cfg.beta1,
-                    adam_b2=cfg.beta2, adam_weight_decay=cfg.weight_decay, muon_weight_dimension_numbers=muon_dims)
+        return muon(cfg)
     if cfg.optimizer == "lion":
         return optax.lion(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask)
     return optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
                        weight_decay=cfg.weight_decay, mask=decay_mask)
+
+
+def muon(cfg: TrainConfig) -> optax.GradientTransformation:
+    """optax.contrib.muon's parts, assembled here so that its AdamW part decays weights only: contrib.muon
+    decays every parameter it leaves to AdamW, biases and norm gains included. The parts and the state
+    tree are contrib.muon's, so Muon checkpoints saved before still restore."""
+    matrices = optax.chain(
+        scale_by_muon(beta=cfg.beta1 if cfg.beta1 else 0.95, weight_dimension_numbers=muon_dims),
+        scale_by_shape(weight_dimension_numbers=muon_dims),
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.scale_by_learning_rate(schedule(cfg, cfg.muon_lr)))
+    others = optax.chain(  # optax.adamw as contrib.muon builds it (Nesterov), its decay on weights only
+        optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, nesterov=True),
+        decayed_weights(cfg.weight_decay),
+        optax.scale_by_learning_rate(schedule(cfg)))
+    return optax.partition({"muon": matrices, "adam": others}, muon_labels)
+
+
+def muon_labels(params):
+    return jax.tree.map(lambda dims: "adam" if dims is None else "muon", muon_dims(params),
+                        is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
+
+
+def decayed_weights(weight_decay: float) -> optax.GradientTransformation:
+    """optax.add_decayed_weights on the weights only (decay_mask), with its empty state: the masked
+    form's state is another tree, which checkpoints saved before would not restore into."""
+    def update(updates, state, params):
+        decayed = jax.tree.map(lambda u, p, w: u + weight_decay * p if w else u, updates, params, decay_mask(params))
+        return decayed, state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
