@@ -26,7 +26,7 @@ def models():
     return f32, bf16
 
 
-def test_bfloat16_model_computes_in_bfloat16_and_its_loss_is_within_1e_2_of_float32():
+def test_bfloat16_model_computes_in_bfloat16_and_its_loss_is_within_1e_3_of_float32():
     """Planted bug: compute_dtype ignored, or bfloat16 leaking into the parameters or the logits' softmax."""
     f32, bf16 = models()
     assert bf16.dtype == jnp.bfloat16
@@ -40,11 +40,11 @@ def test_bfloat16_model_computes_in_bfloat16_and_its_loss_is_within_1e_2_of_floa
     y = jnp.roll(x, -1, axis=1)
     loss16, loss32 = (float(optax.softmax_cross_entropy_with_integer_labels(lg, y).mean())
                       for lg in (logits16, logits32))
-    assert abs(loss16 - loss32) < 1e-2, (loss16, loss32)
+    assert abs(loss16 - loss32) < 1e-3, (loss16, loss32)  # 1.7e-5 measured
 
 
 def test_bfloat16_kv_cache_logits_are_within_5e_3_of_recompute():
-    """Planted bug: the cache written or read in the wrong dtype or position under bfloat16."""
+    """Planted bug: the cache written or read in the wrong dtype or position under bfloat16 (9.2e-4 measured)."""
     _, model = models()
     x = jax.random.randint(jax.random.PRNGKey(3), (2, F32.n_ctx), 0, F32.n_vocab)
     full = model(x)
