@@ -1,6 +1,6 @@
 """Planted bugs: does the suite catch them? One-line bugs, one at a time, each in a fresh copy's file.
 
-    python benchmarks/planted_bugs.py [--only SUBSTRING] [--list] [--no-baseline] [--keep]
+    python benchmarks/planted_bugs.py [--only WORD,...] [--list] [--no-baseline] [--keep]
 
 The working tree is copied (tracked and untracked, not ignored, files) into a temporary folder once;
 each bug replaces one exact line of one file there, runs the short pytest selection that should
@@ -53,6 +53,9 @@ BUGS = [
         "        residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5  "
         "# GPT-2: keep the residual stream's variance flat in depth",
         "        residual_std = 0.02", (f"{MODEL}::test_gpt2_init_scales_residual_projections",)),
+    Bug("bfloat16 compute_dtype ignored", "gptjax/model/gpt.py",
+        "        self.dtype = compute_dtype(cfg.compute_dtype)", '        self.dtype = jnp.dtype("float32")',
+        ("tests/test_bf16.py",)),
     Bug("GELU exact instead of GPT-2's tanh form", "gptjax/model/layers.py",
         '    "gelu": lambda h: jax.nn.gelu(h, approximate=True),  # GPT-2\'s tanh GELU',
         '    "gelu": lambda h: jax.nn.gelu(h, approximate=False),', (CONVERT_LOGITS,)),
@@ -112,6 +115,11 @@ BUGS = [
         '    return leaf_name(path).startswith("w")', "    return True", (ADAMW,)),
     Bug('"muon" routed to AdamW', "gptjax/train/optim.py",
         '    if cfg.optimizer == "muon":', '    if cfg.optimizer == "muon-never":',
+        (f"{RECIPE}::test_muon_steps_equal_an_independent_reference",)),
+    Bug("Muon's AdamW part decays biases and gains", "gptjax/train/optim.py",
+        "        decayed = jax.tree.map(lambda u, p, w: u + weight_decay * p if w else u, updates, params, "
+        "decay_mask(params))",
+        "        decayed = jax.tree.map(lambda u, p: u + weight_decay * p, updates, params)",
         (f"{RECIPE}::test_muon_steps_equal_an_independent_reference",)),
     Bug("Muon orthogonalises the token table", "gptjax/train/optim.py",
         '        if not is_weight(path) or name in TABLES:', "        if not is_weight(path):",
@@ -220,13 +228,14 @@ def run_bug(bug: Bug, tree: Path, env: dict, timeout: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="", help="run only bugs whose name contains this")
+    parser.add_argument("--only", default="", help="run only bugs whose name contains one of these comma-separated "
+                        "words")
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run of every test on the unmodified copy")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     args = parser.parse_args(argv)
-    bugs = [b for b in BUGS if args.only in b.name]
+    bugs = [b for b in BUGS if any(word in b.name for word in args.only.split(","))]
     if args.list:
         for b in bugs:
             print(f"{b.name}  [{b.file}]  {' '.join(b.tests)}")
