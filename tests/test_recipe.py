@@ -5,6 +5,7 @@ Every other training test compares the code with itself (accumulate vs not, resu
 wrong formula on both sides passes there; here the numbers come from formulas written out below.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -196,7 +197,7 @@ def test_muon_steps_equal_an_independent_reference():
     (gptjax/train/optim.py). Two steps with different gradients, so the momentum carries one into the next."""
     cfg = TrainConfig(optimizer="muon", lr=0.01, muon_lr=0.05, warmup_steps=0, lr_decay_steps=4, min_lr=0.001,
                       weight_decay=0.3, beta1=0.9, beta2=0.95, grad_clip=0.0)
-    _, params = tiny_params(ModelConfig(**{**CFG.__dict__, "tie_embeddings": False, "n_vocab": 40}))
+    _, params = tiny_params(dataclasses.replace(CFG, tie_embeddings=False, n_vocab=40))
     params = random_like(params, 4, 0.5)  # biases and gains away from 0 and 1, so decaying them shows
     grads = [random_like(params, 30 + t) for t in range(2)]
     got = named_leaves(run_optimizer(cfg, params, grads))
