@@ -143,7 +143,8 @@ def draw_many(key, temperature, top_k, top_p):
 
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
-@pytest.mark.parametrize("top_k, top_p", [(8, 1.0), (4, 1.0), (8, 0.75), (5, 0.8)])
+# (3, 0.65): top-p over the top-k's renormalised mass; counting a (k+1)-th token's would keep 3, not 2, at T = 2.
+@pytest.mark.parametrize("top_k, top_p", [(8, 1.0), (4, 1.0), (8, 0.75), (5, 0.8), (3, 0.65)])
 def test_sampled_frequencies_follow_the_tempered_filtered_softmax(temperature, top_k, top_p):
     """Planted bug: the sampler ignoring temperature (the division dropped in gptjax/sampling.py), or
     drawing the wrong proportions inside top-k / top-p. 200,000 draws against the exact law: a chi-square
