@@ -65,6 +65,28 @@ def test_shift_window_is_exact_inside_the_window_and_deterministic_past_it(model
     assert len(tokens[0]) == 3 * CFG.n_ctx and all(0 <= t < CFG.n_vocab for t in tokens[0])
 
 
+def test_cached_logits_equal_recomputed_ones_up_to_the_window_and_past_it(model):
+    """Planted bug: the KV cache used one token past the window (its slot clamped into the last one), which
+    greedy tokens of a random model need not show: the sampler's next-token logits, cached and recomputed,
+    from a 3-token prompt to twice the window, agree to 1e-5."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    buf = jnp.asarray(np.random.default_rng(0).integers(0, CFG.n_vocab, size=(2, 3 * CFG.n_ctx)), jnp.int32)
+
+    @jax.jit
+    def differences(params):
+        net = nnx.merge(graphdef, params)
+        cached, recomputed = sampling._Logits(net, 2, True, "exact"), sampling._Logits(net, 2, False, "exact")
+
+        def step(carry, cur):
+            logits, cache, offset = cached(buf, carry[0], cur, carry[1])
+            return (cache, offset), jnp.abs(logits - recomputed.recomputed(buf, cur)).max()
+
+        _, cache = cached.prefill(buf, 3, 0)
+        return jax.lax.scan(step, (cache, jnp.int32(0)), jnp.arange(4, 2 * CFG.n_ctx))[1]
+
+    assert float(differences(params).max()) < 1e-5
+
+
 def test_same_seed_same_tokens_and_seeds_differ(model):
     kw = dict(max_new_tokens=20, num_samples=2, temperature=1.5)
     a = gen(model, [1, 2], seed=1, **kw)
