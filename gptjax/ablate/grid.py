@@ -127,6 +127,8 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
                 out or spec.out or str(default_out), vary)
     if not isinstance(spec.seeds, int) or spec.seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {spec.seeds!r}")
+    if not isinstance(spec.out, str):
+        raise ConfigError(f"out must be a folder path, got {spec.out!r}; quote it if it looks like a number")
     if spec.match not in (None, *MATCHES):
         raise ConfigError(f"match must be one of {', '.join(MATCHES)}, got {spec.match!r}")
     if spec.match == "params" and "model.n_embd" in {**axes, **fixed}:

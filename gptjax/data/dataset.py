@@ -53,7 +53,7 @@ def prepare(cfg: DataConfig, progress=None) -> Dataset:
     src = sources.resolve(cfg.source)
     if src.kind == "bin" and cfg.tokenizer != "gpt2":
         raise DataError(f"{cfg.source!r} is a nanoGPT train.bin/val.bin folder of GPT-2 ids; set data.tokenizer=gpt2")
-    fields = [pipeline.FORMAT_VERSION, sources.identity(src), cfg.tokenizer, cfg.text_field]
+    fields = [pipeline.FORMAT_VERSION, sources.identity(src), tokenizers.identity(cfg.tokenizer), cfg.text_field]
     key = hashlib.sha256(json.dumps(fields + [cfg.val_fraction] * (src.kind != "bin")).encode()).hexdigest()[:16]
     folder = cache_root(cfg) / "data" / key
     if not (folder / "meta.json").is_file():
@@ -67,9 +67,11 @@ def prepare(cfg: DataConfig, progress=None) -> Dataset:
 
 @functools.cache
 def vocab_size(cfg: DataConfig) -> int:
-    """The data's vocabulary: GPT-2's without reading the data, the corpus's characters otherwise."""
+    """The data's vocabulary: a fixed tokenizer's without reading the data, the corpus's characters otherwise."""
     if cfg.tokenizer == "gpt2":
         return tokenizers.GPT2_VOCAB
+    if tokenizers.is_path(cfg.tokenizer):
+        return tokenizers.load_path(cfg.tokenizer).vocab_size
     return prepare(cfg).vocab_size
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from gptjax import units
 from gptjax.config import DataConfig
-from gptjax.data import sources
+from gptjax.data import hf_tokenizer, sources
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.sources import DataError, Source
 
@@ -80,7 +80,9 @@ def pieces(src: Source, cfg: DataConfig, cut: Callable[[str, int], int]) -> Iter
 
 def bpe_cut(text: str, limit: int) -> int:
     """A cut where GPT-2's pre-tokenizer starts a new piece anyway (a space or newline after a
-    non-space), so tokenizing the two halves gives exactly the ids of the whole."""
+    non-space), so tokenizing the two halves gives exactly the ids of the whole (for any byte-level
+    BPE with GPT-2's split, as `gptjax tokenizer train` writes; other Hugging Face kinds may differ
+    at the cut, once per data.chunk_chars of one document)."""
     at = max(text.rfind(" ", 1, limit), text.rfind("\n", 1, limit))
     while at > 0 and text[at - 1].isspace():
         at = max(text.rfind(" ", 1, at), text.rfind("\n", 1, at))
@@ -127,6 +129,18 @@ def encode_gpt2(chunk: list[Piece]) -> Encoded:
     parts = itertools.chain.from_iterable((a, eot) if piece[3] else (a,) for a, piece in zip(ids, chunk))
     lengths = np.fromiter((len(a) + piece[3] for a, piece in zip(ids, chunk)), dtype=np.int64, count=len(chunk))
     return _encoded(chunk, np.concatenate(list(parts)).astype(np.uint16), lengths)
+
+
+def encode_hf(chunk: list[Piece], path: str, digest: str) -> Encoded:
+    """Token ids of a chunk under a Hugging Face tokenizer, each document ending with its
+    end-of-text token when it has one (else documents simply follow each other)."""
+    tok = hf_tokenizer.cached(path, digest)
+    ids = tok.encode_batch([text for _, text, _, _ in chunk])
+    ends = [piece[3] and tok.eot_id is not None for piece in chunk]
+    flat = itertools.chain.from_iterable((a, (tok.eot_id,)) if end else (a,) for a, end in zip(ids, ends))
+    lengths = np.fromiter((len(a) + end for a, end in zip(ids, ends)), dtype=np.int64, count=len(chunk))
+    return _encoded(chunk, np.fromiter(itertools.chain.from_iterable(flat), dtype=np.uint32,
+                                       count=int(lengths.sum())), lengths)
 
 
 def encode_chars(chunk: list[Piece], codepoints: np.ndarray) -> Encoded:
@@ -232,8 +246,12 @@ def build(cfg: DataConfig, src: Source, scratch: Path, progress=None) -> dict:
         # One process: numpy encodes characters faster than a pool could be sent them.
         encode, cut, workers = functools.partial(encode_chars, codepoints=codepoints), (lambda text, limit: limit), 1
         t0 = time.perf_counter()  # the ETA of this second pass is its own
-    else:
+    elif cfg.tokenizer == "gpt2":
         tok, encode, cut = tokenizers.GPT2Tokenizer(), encode_gpt2, bpe_cut
+    else:
+        tok = tokenizers.load_path(cfg.tokenizer)
+        # Workers load the file themselves (once each) rather than receive it with every chunk.
+        encode, cut = functools.partial(encode_hf, path=cfg.tokenizer, digest=tok.digest), bpe_cut
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     splits = Splits(scratch, dtype, cfg.val_fraction)
     docs = chars = 0

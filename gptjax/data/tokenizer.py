@@ -27,6 +27,10 @@ class TokenizerError(UserError):
     """Text the tokenizer cannot handle, or a broken tokenizer file."""
 
 
+class UnsupportedTokenizer(TokenizerError):
+    """A well-formed tokenizer file of a kind gptjax does not use."""
+
+
 class CharTokenizer:
     kind = "char"
 
@@ -121,6 +125,15 @@ MAX_VOCAB = 1 << 24
 def from_json(spec):
     """The tokenizer a tokenizer.json describes, every field checked (the file may be damaged or hostile)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind is None and isinstance(spec, dict) and "model" in spec:  # a Hugging Face tokenizer.json
+        from gptjax.data import hf_tokenizer
+
+        try:
+            return hf_tokenizer.HFTokenizer(spec)
+        except hf_tokenizer.UnsupportedKind as e:
+            raise UnsupportedTokenizer(str(e)) from None
+        except hf_tokenizer.HFTokenizerError as e:
+            raise TokenizerError(str(e)) from None
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "char":
@@ -145,5 +158,41 @@ def load(path: Path):
                              f"source, or retrain") from None
     try:
         return from_json(spec)
+    except UnsupportedTokenizer as e:
+        raise TokenizerError(f"tokenizer file {path} cannot be used: {e}") from None
     except TokenizerError as e:
         raise TokenizerError(f"tokenizer file {path} is damaged: {e}") from None
+
+
+# data.tokenizer may also name a Hugging Face tokenizer.json (hf_tokenizer.py): the run keeps that file itself.
+BUILT_IN = ("char", "gpt2")
+
+
+def is_path(name: str) -> bool:
+    """Whether a data.tokenizer value names a file (or a folder holding tokenizer.json) rather than a kind."""
+    return name not in BUILT_IN
+
+
+def file_of(name: str) -> Path:
+    path = Path(name).expanduser()
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def load_path(name: str):
+    """The tokenizer in the file data.tokenizer names, refused in one line if missing, damaged or unusable."""
+    path = file_of(name)
+    if not path.is_file():
+        raise TokenizerError(f"data.tokenizer file {str(path)!r} not found; data.tokenizer takes char, gpt2, or the "
+                             f"path of a tokenizer.json (gptjax tokenizer train writes one)")
+    return load(path)
+
+
+def identity(name: str) -> str:
+    """What a data cache key records of the tokenizer: its kind, or a file's content digest (so an edited
+    or retrained file gets its own cache entry and the same file under another path shares one)."""
+    if not is_path(name):
+        return name
+    from gptjax.data import hf_tokenizer
+
+    tok = load_path(name)
+    return f"sha256:{hf_tokenizer.spec_digest(tok.to_json())}"

@@ -55,12 +55,10 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
     abstract = nnx.state(abstract_model(cfg.model), nnx.Param)
     meta = {"step": 0, "rng": np.asarray(initial_rng(cfg.train.seed)).tolist(), "config": cfg.to_dict(),
             "val_loss": None, "train_loss": None, "opt_state": False, "converted_from": str(spec)}
-    runs.write_run_files(run_dir, cfg, tok)
-    ckpts = Checkpoints(run_dir)
-    try:
-        ckpts.save(0, as_state(abstract, params), None, meta, None)
-    finally:
-        ckpts.close()
+    with runs.scratch_dir(run_dir) as scratch:  # a refused weight (NaN) leaves no half-written run
+        runs.write_run_files(scratch, cfg, tok)
+        with Checkpoints(scratch) as ckpts:
+            ckpts.save(0, as_state(abstract, params), None, meta, None)
     return run_dir
 
 
@@ -76,7 +74,7 @@ def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gptjax convert", description=__doc__,
+    parser = errors.ArgumentParser(prog="gptjax convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -208,10 +208,19 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         # weights_only: the unpickler accepts tensors and plain containers, never arbitrary code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConvertError(f"cannot read {path} as a tensor file: {first_line(e)}") from None
+        raise ConvertError(f"cannot read {path} as a tensor file: {_torch_reason(e)}") from None
     # numpy has no bfloat16: widen it (other dtypes become float32 later, in to_params).
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()
             if isinstance(v, torch.Tensor)}
+
+
+def _torch_reason(e: Exception) -> str:
+    """Why torch.load refused, without its advice to load with weights_only=False (which runs the file's code)."""
+    if "weights_only" not in str(e):
+        return first_line(e)
+    what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+    return (f"it holds objects other than tensors, which gptjax never unpickles{f' ({what})' if what else ''}; "
+            f"get the model as model.safetensors from a source you trust")
 
 
 def write(out: Path, cfg: ModelConfig, params: dict, eos_id: int | None) -> None:

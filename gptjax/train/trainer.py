@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import sys
 from pathlib import Path
 
 import jax
 
-from gptjax import data, sharding
+from gptjax import data, errors, sharding
 from gptjax.config import Config, ConfigError
 from gptjax.train import finetune
 from gptjax.train.checkpoint import CHECKPOINT_DIR, Checkpoints
@@ -25,7 +24,7 @@ from gptjax.train.tracking import Tracker
 
 def show_data_progress(p: data.Progress) -> None:
     """Data preparation's progress bar on stderr, redrawn in place."""
-    print(f"\r{p.line()}", end="\n" if p.stage == "done" else "", file=sys.stderr, flush=True)
+    errors.show_progress(p.line(), done=p.stage == "done")
 
 
 def setup(cfg: Config):
