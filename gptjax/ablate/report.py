@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptjax import config
+from gptjax import config, units
 from gptjax.ablate import grid
 from gptjax.ablate.stats import welch
 from gptjax.errors import UserError
@@ -228,10 +228,10 @@ def markdown(report: Report, command: str) -> str:
         r = p.row()
         best = _pm(r["best_val_loss_mean"], r["best_val_loss_std"])
         cells = [*([p.name] if vs is not None else []), *(str(p.values[k]) for k in report.columns),
-                 f"{r['params']:,}", _si(r["flops_per_token"]), _si(r["tokens_seen"]),
+                 f"{r['params']:,}", units.count(r["flops_per_token"]), units.count(r["tokens_seen"]),
                  _pm(r["final_val_loss_mean"], r["final_val_loss_std"]), f"**{best}**" if i == 0 else best,
                  *([_p(vs.get(p.name))] if vs is not None else []), _num(r["tokens_per_sec"], ",.0f"),
-                 _wall(r["wall_s"])]
+                 units.duration(r["wall_s"])]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({len(p.runs) for p in report.points})
     spread = "one seed per point" if seeds == [1] else f"mean ± std over {'/'.join(map(str, seeds))} seeds"
@@ -254,17 +254,3 @@ def _p(p: float | None) -> str:
 
 def _num(v: float, spec: str) -> str:
     return "—" if v is None or math.isnan(v) else format(v, spec)
-
-
-def _si(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return f"{v:g}"
-
-
-def _wall(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "—"
-    minutes, s = divmod(round(seconds), 60)
-    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
