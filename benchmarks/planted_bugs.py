@@ -155,17 +155,31 @@ BUGS = [
         "    for step in reversed(ckpts.steps()):", "    for step in ckpts.steps():",
         (f"{TRAIN}::test_resume_continues_exactly_where_it_stopped",)),
     Bug("a resumed loop starts counting from 0", "gptjax/train/loop.py",
-        "        step = start", "        step = 0", (f"{TRAIN}::test_resume_continues_exactly_where_it_stopped",)),
+        "        step, self.saved = start, start  # self.saved: the checkpoint training stands on, never saved twice",
+        "        step, self.saved = 0, start", (f"{TRAIN}::test_resume_continues_exactly_where_it_stopped",)),
     # Seeds trained together
     Bug("every stacked seed trains on the first seed's batches", "gptjax/train/seeds.py",
         "        xs, ys = zip(*(make(c) for c in self.cfgs))",
         "        xs, ys = zip(*(make(self.cfgs[0]) for c in self.cfgs))",
         ("tests/test_seeds.py::test_stacked_seeds_equal_separate_runs_through_a_resume",)),
-    # PLACE FOR THE BUGS OF WORK IN FLIGHT (the lead adds them once merged):
-    #   bits per byte (val_bpb): e.g. nats not divided by ln 2, or tokens counted instead of bytes,
-    #     caught by the val_bpb test;
-    #   FLOPs per token (a1-flops): e.g. the attention term 12·L·T·D halved or dropped, caught by the
-    #     FLOPs hand-count / budget tests.
+    # Bits per byte and compute budgets
+    Bug("bits per byte in nats (no division by ln 2)", "gptjax/train/loop.py",
+        "    return mean_loss * n_tokens / math.log(2) / n_bytes", "    return mean_loss * n_tokens / n_bytes",
+        ("tests/test_bpb.py::test_a_uniform_predictor_scores_log2_v_bits_per_token",)),
+    Bug("bits per byte counts a BPE token as one byte", "gptjax/data/tokenizer.py",
+        "        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]",
+        "        lengths = [1 for i in range(self.vocab_size)]",
+        ("tests/test_bpb.py::test_char_and_bpe_runs_on_one_text_report_bpb_from_their_own_byte_counts",)),
+    Bug("FLOPs per token without the attention term", "gptjax/config/sections.py",
+        "        attention = 12 * self.n_layer * self.n_ctx * self.n_embd",
+        "        attention = 0 * self.n_layer * self.n_ctx * self.n_embd",
+        ("tests/test_flops.py::test_the_knobs_move_the_count_as_the_matrices_do",
+         "tests/test_flops.py::test_flops_per_token_is_within_10_percent_of_xla")),
+    Bug("a FLOP budget rounds its steps up", "gptjax/config/sections.py",
+        '            steps, what = math.floor(t.flops_budget / flops * (1 + 1e-12)), '
+        'f"train.flops_budget={t.flops_budget:g}"',
+        '            steps, what = math.ceil(t.flops_budget / flops), f"train.flops_budget={t.flops_budget:g}"',
+        ("tests/test_budget.py::test_a_flops_budget_sets_the_steps_rounded_down",)),
 ]
 
 
