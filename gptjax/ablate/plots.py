@@ -17,7 +17,7 @@ CURVES_SIZE = (960, 560)    # pixels; exact, since figures are saved without bbo
 HEATMAP_SIZE = (640, 480)
 
 
-def _figure(size: tuple[int, int]):
+def new_figure(size: tuple[int, int]):
     return plt.figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
 
 
@@ -36,7 +36,7 @@ def curves(points, path: Path, metric: str = "val_loss") -> None:
 def curves_figure(points, metric: str = "val_loss"):
     """Every point distinguishable where lines coincide: each has its own colour, line style and marker,
     and markers sit at staggered evaluations so two equal curves still show both."""
-    fig = _figure(CURVES_SIZE)
+    fig = new_figure(CURVES_SIZE)
     ax = fig.add_subplot()
     name = NAMES[metric]
     for i, point in enumerate(points):
@@ -133,7 +133,7 @@ def _cell(values: dict, axes: list[str], rows: list, cols: list) -> tuple[int, i
 
 
 def _draw(grid, labels, axes, rows, cols, path: Path, seeds: int, name: str = "val loss") -> None:
-    fig = _figure(HEATMAP_SIZE)
+    fig = new_figure(HEATMAP_SIZE)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis_r", aspect="auto")
     ax.set_facecolor("0.85")  # invalid or missing cells

@@ -5,6 +5,7 @@
                          [--match params]
   gptjax sweep configs/ablations/heads_layers_cpu.yaml      (a sweep file: base, grid, set, ...)
   gptjax sweep report SWEEP_DIR | RUN_DIR ... [--out DIR]   (results.csv/.md, curves.png, heatmap.png)
+  gptjax sweep fit SWEEP_DIR | RUN_DIR ... [--out DIR]      (scaling laws: scaling.md/.csv/.png)
 
 A comma sweeps a key; any key can be swept. Seed i of a point trains with train.seed + i, in
 SWEEP_DIR/POINT/seed=i: an ordinary run directory (sample.py and train.py work on it). A point's
@@ -32,6 +33,10 @@ from gptjax.files import atomic_write
 def main(argv: list[str]) -> int:
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
+    if argv[:1] == ["fit"]:
+        from gptjax.ablate import fit
+
+        return fit.main(argv[1:])
     parser = argparse.ArgumentParser(prog="gptjax sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="base config (preset name or path) or sweep file (configs/ablations/*.yaml)")
