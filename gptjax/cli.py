@@ -11,6 +11,9 @@ from gptjax import errors, runtime
 TRAIN_DOC = """Train a GPT from a config: gptjax train [CONFIG] [section.key=value ...]
 
 Re-running the same command resumes from the run directory's latest checkpoint.
+A run's length is train.steps, or a compute budget that sets it: train.flops_budget=1e15 (FLOPs, as
+model FLOPs per token x tokens) or train.tokens_per_param=20 (tokens per parameter). A length given
+on the command line replaces the config file's; two in one place are an error.
 """
 
 

@@ -106,11 +106,28 @@ def from_dict(tree: dict) -> Config:
         raise ConfigError(_one_line(e)) from None
 
 
+# The three ways to say how long a run is: one per layer, and a command-line one replaces the file's.
+LENGTH_KEYS = ("steps", "flops_budget", "tokens_per_param")
+
+
+def _one_length(train: dict, where: str) -> list[str]:
+    """The run-length keys a layer sets (a budget of 0 is off), at most one."""
+    named = [k for k in LENGTH_KEYS if train.get(k) not in (None, 0, "")]
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(f'train.{k}' for k in named)} both set {where}: a budget computes "
+                          f"train.steps, so set one of them")
+    return named
+
+
 def load(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
     """The config named on the command line, with overrides applied and checked."""
     path = resolve_path(name_or_path)
     tree = _read_yaml(path)
-    for section, values in parse_overrides(list(overrides)).items():
+    _one_length(tree.get("train", {}), f"in config file {path}")
+    given = parse_overrides(list(overrides))
+    if _one_length(given.get("train", {}), "on the command line") and "train" in tree:
+        tree["train"] = {k: v for k, v in tree["train"].items() if k not in LENGTH_KEYS}
+    for section, values in given.items():
         tree.setdefault(section, {}).update(values)
     cfg = from_dict(tree)
     if not cfg.run.out_dir:

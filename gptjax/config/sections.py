@@ -101,15 +101,29 @@ class ModelConfig:
         tables = (1 + (not self.tie_embeddings)) * self.n_vocab * D + self.n_ctx * D * (self.positions == "learned")
         return tables + L * (2 * norm + attention + mlp) + norm
 
-    def flops_per_token(self, causal_half: bool = False) -> int:
-        """Training FLOPs per token: 6N plus 12·L·T·D for attention scores and values
-        (halved if causal_half). N leaves out the tables that are only looked up (learned
-        positions; the token table when W_U is separate); a tied token table counts once,
-        for its matmul work as the unembedding. Grouped K/V heads shrink N, not the scores."""
+    @property
+    def n_compute_params(self) -> int:
+        """N of the 6N in flops_per_token and of train.tokens_per_param: every parameter but the tables that are
+        only looked up (learned positions; the input token table when W_U is separate). A tied token table
+        counts once, for its matmul work as the unembedding; biases and norm gains count (under 0.2%)."""
         looked_up = self.n_ctx * (self.positions == "learned") + self.n_vocab * (not self.tie_embeddings)
-        n = self.n_params - looked_up * self.n_embd
+        return self.n_params - looked_up * self.n_embd
+
+    def flops_per_token(self, causal_half: bool = False) -> int:
+        """Training FLOPs per token (forward + backward, one multiply-add = 2 FLOPs): 6N + 12·L·T·D.
+
+        6N (N: n_compute_params) is the matmuls of the forward pass (2N) and of the backward pass (4N: input
+        and weight gradients); 12·L·T·D is attention's two T-long products (QKᵀ and the weighting of V), 4·T·D
+        forward per layer, for all T keys of every query, as PaLM (appendix B), nanoGPT's MFU and Chinchilla
+        (appendix F) count them. causal_half counts only the keys a causal query sees (half: 6·L·T·D), as
+        Kaplan et al. 2020's C = 6N + 6·L·T·D does. Elementwise work (norms, activations, softmax, RoPE's
+        rotation, QK-norm, soft-capping, the optimizer) is left out: a few percent of XLA's own count at
+        matmul-bound shapes (tests/test_flops.py). How the knobs enter: SwiGLU's third matrix and its 8D/3
+        width, grouped K/V heads (narrower W_K, W_V; the scores still have H heads) and an untied W_U through N;
+        relu2, RoPE, qk_norm and logit_softcap add no matmul work.
+        """
         attention = 12 * self.n_layer * self.n_ctx * self.n_embd
-        return 6 * n + (attention // 2 if causal_half else attention)
+        return 6 * self.n_compute_params + (attention // 2 if causal_half else attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +147,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _field(5000, "optimizer steps to train for")
+    steps: int = _field(5000, "optimizer steps to train for (or set by one of the two budgets below)")
+    flops_budget: float = _field(0.0, "train to this compute, e.g. 1e15: steps = budget / (model.flops_per_token x "
+                                      "tokens per step), rounded down; 0: off (docs/training.md)")
+    tokens_per_param: float = _field(0.0, "train on this many tokens per parameter (Chinchilla: 20): steps = "
+                                          "ratio x N / tokens per step, N as in the FLOP count's 6N; 0: off")
     batch_size: int = _field(64, "sequences per optimizer step (global, all devices)")
     grad_accum: int = _field(1, "micro-batches per step; batch_size is split into this many")
     lr: float = _field(1e-3, "peak learning rate")
@@ -161,6 +179,11 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
         _check(self.checkpoint_every is None or self.checkpoint_every > 0,
                f"train.checkpoint_every must be positive, got {self.checkpoint_every}")
+        for name in ("flops_budget", "tokens_per_param"):
+            _check(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                   f"train.{name} must be a number >= 0 (0: off), got {getattr(self, name)}")
+        _check(not (self.flops_budget and self.tokens_per_param),
+               "train.flops_budget and train.tokens_per_param both set: a run's length comes from one of them")
         _check(self.max_skips >= 0, f"train.max_skips must be >= 0, got {self.max_skips}")
         _check(self.optimizer in ("adamw", "muon", "lion"),
                f"train.optimizer must be adamw, muon or lion, got {self.optimizer!r}")
@@ -236,6 +259,22 @@ class Config:
                f"model.n_vocab={self.model.n_vocab} is smaller than the data's vocabulary of {data_vocab}; "
                f"remove model.n_vocab or set it to at least {data_vocab}")
         return self
+
+    def resolve_steps(self) -> Config:
+        """train.steps from a compute budget (train.flops_budget or train.tokens_per_param), n_vocab resolved."""
+        t, per_step = self.train, self.tokens_per_step
+        if not (t.flops_budget or t.tokens_per_param):
+            return self
+        flops = self.model.flops_per_token() * per_step
+        if t.flops_budget:
+            # The tolerance forgives a budget that is an exact multiple of one step's cost written as a float.
+            steps, what = math.floor(t.flops_budget / flops * (1 + 1e-12)), f"train.flops_budget={t.flops_budget:g}"
+        else:
+            tokens = t.tokens_per_param * self.model.n_compute_params
+            steps, what = math.floor(tokens / per_step * (1 + 1e-12)), f"train.tokens_per_param={t.tokens_per_param:g}"
+        _check(steps > 0, f"{what} buys no step: one step costs {flops:.3g} FLOPs ({per_step} tokens x "
+                          f"{self.model.flops_per_token():,} FLOPs per token); raise it, or shrink the model or batch")
+        return self.replace(train={"steps": steps})
 
     def replace(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys changed: cfg.replace(model={"n_vocab": 65})."""

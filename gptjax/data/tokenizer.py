@@ -2,14 +2,18 @@
 
 All are plain data (a char list, the shipped GPT-2 ranks file, a vocabulary size) so a run
 directory's `tokenizer.json` rebuilds the exact tokenizer at sampling time without any pickle.
+
+Every tokenizer also says how many UTF-8 bytes of text each id stands for (`token_bytes`), which
+bits per byte (val_bpb) divides by: a loss per byte compares runs whatever their tokenizers.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
@@ -55,6 +59,11 @@ class CharTokenizer:
     def to_json(self) -> dict:
         return {"kind": "char", "chars": self.chars}
 
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each id's text, [vocab_size]: 1 for ASCII, up to 4 (surrogates as Python keeps them)."""
+        return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], np.int64)
+
 
 class GPT2Tokenizer:
     kind = "gpt2"
@@ -75,6 +84,14 @@ class GPT2Tokenizer:
 
     def to_json(self) -> dict:
         return {"kind": "gpt2"}
+
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of each id's byte string, [vocab_size] (a byte-level BPE token may hold part of a character,
+        so a sequence's bytes are the sum of its tokens'); <|endoftext|> is a document boundary, not text: 0."""
+        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+        lengths[self.eot_id] = 0
+        return np.array(lengths, np.int64)
 
 
 class IdsTokenizer:
@@ -104,6 +121,21 @@ class IdsTokenizer:
 
     def to_json(self) -> dict:
         return {"kind": "ids", "vocab_size": self.vocab_size}
+
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of each id as decode writes it (" 464"): this tokenizer's text is the ids themselves."""
+        return np.array([len(f" {i}") for i in range(self.vocab_size)], np.int64)
+
+
+def token_bytes(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each id's text, [vocab_size]: the tokenizer's own `token_bytes`, or else each id decoded
+    alone (exact when every token is whole characters; a byte-level BPE must say its own)."""
+    own = getattr(tokenizer, "token_bytes", None)
+    if own is not None:
+        return own
+    return np.array([len(tokenizer.decode([i]).encode("utf-8", "surrogatepass"))
+                     for i in range(tokenizer.vocab_size)], np.int64)
 
 
 @cache

@@ -13,6 +13,7 @@ the seeds of a run together with the same loop.
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import jax
@@ -21,6 +22,7 @@ import numpy as np
 
 from gptjax import data, sharding
 from gptjax.config import Config
+from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError
 from gptjax.train import optim
 from gptjax.train.checkpoint import Checkpoints
@@ -35,7 +37,8 @@ class TrainingError(UserError):
 
 
 def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params, report=None) -> dict[str, float]:
-    """Mean loss over fixed batches of each split: the same batches at every evaluation.
+    """Mean loss (train_loss, val_loss) and bits per byte (train_bpb, val_bpb) over fixed batches of each
+    split: the same batches at every evaluation.
 
     report(done, total) hears of each batch as it finishes, one behind the one being dispatched
     so the device always has the next: at a large vocabulary on a CPU an evaluation takes minutes.
@@ -53,7 +56,20 @@ def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params, report=None
                 losses[-2].block_until_ready()
                 report(k * n + i, 2 * n)
         out[f"{split}_loss"] = float(jnp.mean(jnp.stack(losses)))
+        out[f"{split}_bpb"] = bits_per_byte(cfg, out[f"{split}_loss"], eval_bytes(cfg, ds, split))
     return out
+
+
+def eval_bytes(cfg: Config, ds: data.Dataset, split: str) -> int:
+    """UTF-8 bytes of the text that a split's evaluation targets (every batch, every row) decode to."""
+    table, tokens = tokenizers.token_bytes(ds.tokenizer), ds.split(split)
+    return int(sum(table[eval_batch(cfg, tokens, i)[1]].sum() for i in range(cfg.train.eval_batches)))
+
+
+def bits_per_byte(cfg: Config, mean_loss: float, n_bytes: int) -> float:
+    """The evaluation's summed nats / ln 2 / its targets' bytes: a loss that compares across tokenizers."""
+    n_tokens = cfg.train.eval_batches * cfg.train.micro_batch_size * cfg.model.n_ctx
+    return mean_loss * n_tokens / math.log(2) / n_bytes
 
 
 def eval_batch(cfg: Config, tokens, i: int, rows=slice(None)) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +105,7 @@ class Loop:
         self.skipped = 0  # updates skipped since the last log line
         self.skipped_in_a_row = 0
         self.clock = Clock()
+        self.flops_per_token = cfg.model.flops_per_token()
 
     def run(self, state: TrainState, start: int):
         t, last = self.cfg.train, {}
@@ -132,18 +149,23 @@ class Loop:
 
     def log_start(self, state: TrainState) -> dict:
         row = {"step": 0, "train_loss": self.first_batch_loss(state), "lr": float(optim.schedule(self.cfg.train)(0)),
-               **self.eval_losses(state)}
+               **self.counted(0), **self.eval_losses(state)}
         self.tracker.log(0, row)
         return row
 
     def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
-               **self.clock.read(self.cfg.tokens_per_step)}
+               **self.clock.read(self.cfg.tokens_per_step), **self.counted(step)}
         row |= self.eval_row(state, step) if is_eval else {}
         row |= {"skipped_steps": int(self.skipped)} if self.skipped else {}
         self.skipped = 0
         self.tracker.log(step, row)
         return row
+
+    def counted(self, step: int) -> dict[str, int]:
+        """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token)."""
+        tokens = step * self.cfg.tokens_per_step
+        return {"tokens": tokens, "flops": tokens * self.flops_per_token}
 
     def save(self, state: TrainState, step: int, last: dict) -> None:
         save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
@@ -175,7 +197,7 @@ class Loop:
         return float(jnp.mean(jnp.stack(losses)))
 
     def eval_losses(self, state: TrainState) -> dict[str, float]:
-        """eval_train_loss and val_loss (`train_loss` is the step's own training loss), and eval_s.
+        """eval_train_loss, val_loss, eval_train_bpb, val_bpb (`train_loss` is the step's own training loss), eval_s.
 
         The clock restarts after it, so tokens_per_sec counts training alone: at a large vocabulary
         an evaluation can take longer than the steps between two of them.
@@ -185,7 +207,7 @@ class Loop:
         losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params, shown)
         self.tracker.evaluated()
         self.clock.restart()
-        return {**{k.replace("train_loss", "eval_train_loss"): v for k, v in losses.items()},
+        return {**{k.replace("train_", "eval_train_"): v for k, v in losses.items()},
                 "eval_s": time.perf_counter() - start}
 
     def eval_row(self, state: TrainState, step: int) -> dict[str, float]:

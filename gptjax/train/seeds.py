@@ -29,7 +29,7 @@ import numpy as np
 from gptjax import data, sharding
 from gptjax.config import Config, ConfigError
 from gptjax.train import optim, runs, trainer
-from gptjax.train.loop import Loop, eval_batch, local_batch
+from gptjax.train.loop import Loop, bits_per_byte, eval_batch, eval_bytes, local_batch
 from gptjax.train.state import Pieces, build, init_state, restore_state, save
 from gptjax.train.step import TrainState
 
@@ -142,7 +142,8 @@ class Stack(Loop):
         step0 = {c.train.seed: local_batch(c, self.ds, 0, self.mesh) for c in self.cfgs}  # as Loop.first_batch_loss
         first = self.losses(state.params, t.grad_accum, lambda c, i: tuple(a[i] for a in step0[c.train.seed]))
         evals, lr = self.eval_rows(state, None), float(optim.schedule(t)(0))
-        return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **e} for loss, e in zip(first, evals)])
+        return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **self.counted(0), **e}
+                              for loss, e in zip(first, evals)])
 
     def eval_rows(self, state: TrainState, step: int | None) -> list[dict]:
         """Each seed's evaluation on its own fixed batches, as Loop.eval_losses (step None: step 0, unannounced)."""
@@ -157,14 +158,17 @@ class Stack(Loop):
         if step is not None:
             vals = " / ".join(f"{v:.4f}" for v in out["val"])
             self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
-        return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_s": seconds}
-                for tr, va in zip(out["train"], out["val"])]
+        bpb = {split: [bits_per_byte(c, float(loss), eval_bytes(c, self.ds, split))
+                       for c, loss in zip(self.cfgs, losses)] for split, losses in out.items()}
+        return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_train_bpb": trb, "val_bpb": vab,
+                 "eval_s": seconds} for tr, va, trb, vab in zip(out["train"], out["val"], bpb["train"], bpb["val"])]
 
     def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> list[dict]:
         values, clock = jax.device_get(metrics), self.clock.read(self.cfg.tokens_per_step)
         evals = self.eval_rows(state, step) if is_eval else [{} for _ in self.cfgs]
         skipped = np.broadcast_to(self.skipped, len(self.cfgs))
         self.skipped = 0
+        clock |= self.counted(step)
         return self.write(step, [{"step": step, **{k: float(v[i]) for k, v in values.items()}, **clock, **evals[i],
                                   **({"skipped_steps": int(skipped[i])} if skipped[i] else {})}
                                  for i in range(len(self.cfgs))])

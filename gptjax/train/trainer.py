@@ -31,7 +31,7 @@ def show_data_progress(p: data.Progress) -> None:
 def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
     ds = data.prepare(cfg.data, progress=show_data_progress if jax.process_index() == 0 else None)
-    cfg = cfg.resolve_vocab(ds.vocab_size)
+    cfg = cfg.resolve_vocab(ds.vocab_size).resolve_steps()  # a compute budget's steps need the vocabulary
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
     shards = sharding.n_batch_shards(mesh)
