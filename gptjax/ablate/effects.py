@@ -35,6 +35,7 @@ class Comparison:
     label: str
     test: stats.Test
     p_holm: float = math.nan
+    against_base: str = ""   # one-at-a-time sweeps: the point tested against its base
 
 
 def data_order(cfg) -> tuple:
@@ -66,10 +67,10 @@ def levels(points: Sequence, axis: str) -> list:
                   key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
 
 
-def main_effects(points: Sequence, axes: list[str], metric: Callable) -> list[Effect]:
+def main_effects(points: Sequence, axes: list[str], metric: Callable, within: Sequence[str] = ()) -> list[Effect]:
     """Per swept axis with two or more values: each value's mean over the points that have it."""
     effects = []
-    for axis in axes:
+    for axis in (a for a in axes if a not in within):
         if len(values := levels(points, axis)) < 2:
             continue
         for level in values:
@@ -100,26 +101,41 @@ def axis_pairs(points: Sequence, axis: str, others: list[str], metric: Callable,
     return out
 
 
-def point_pair(a, b, metric: Callable, label: str) -> Comparison | None:
+def point_pair(a, b, metric: Callable, label: str, against_base: str = "") -> Comparison | None:
     pair = pairable([a, b])
     xs = [[metric(r) for r in sorted(p.runs, key=lambda r: r.cfg.train.seed)] for p in (a, b)]
     test = stats.compare(xs[0], xs[1], pair)
-    return Comparison(label, test) if test else None
+    return Comparison(label, test, against_base=against_base) if test else None
 
 
 def comparisons(points: Sequence, axes: list[str], metric: Callable, name: Callable = str,
-                one_at_a_time: bool = False) -> list[Comparison]:
-    """The family of comparisons a report makes, with Holm-adjusted p-values. `points` sorted best first."""
+                one_at_a_time: bool = False, within: Sequence[str] = ()) -> list[Comparison]:
+    """The family of comparisons a report makes, with Holm-adjusted p-values. `points` sorted best first.
+
+    `within` (a budget sweep's train.flops_budget): keys whose values are blocks, not effects: points are
+    compared only with points of the same block, and the key's own values are not tested against each other."""
     found: list[Comparison | None] = []
+    block = lambda p: tuple(p.values[k] for k in within)  # noqa: E731
+    tag = lambda p: "".join(f" at {name(k)}={p.values[k]}" for k in within)  # noqa: E731
     if one_at_a_time:
-        base = next((p for p in points if p.name == "base"), None)
-        found += [point_pair(p, base, metric, f"{p.name} vs base") for p in points if base and p is not base]
+        bases = {block(p): p for p in points if p.name == grid_name({k: p.values[k] for k in within})}
+        found += [point_pair(p, bases[block(p)], metric, f"{p.name} vs base{tag(p)}", against_base=p.name)
+                  for p in points if block(p) in bases and p is not bases[block(p)]]
     else:
-        for axis in axes:
+        tested = [k for k in axes if k not in within]
+        for axis in tested:
             found += axis_pairs(points, axis, [k for k in axes if k != axis], metric, name)
-        if len(points) > 2 or not axes:  # with two points the axis pair is this same comparison
-            found += [point_pair(points[0], points[1], metric, f"best {points[0].name} vs runner-up {points[1].name}")
-                      ] if len(points) > 1 else []
+        for key in dict.fromkeys(map(block, points)):
+            inside = [p for p in points if block(p) == key]
+            if len(inside) > 2 or (len(inside) == 2 and not tested):  # with two, the axis pair is the same test
+                found.append(point_pair(inside[0], inside[1], metric,
+                                        f"best {inside[0].name} vs runner-up {inside[1].name}"))
     found = [c for c in found if c is not None]
     adjusted = stats.holm([c.test.p for c in found])
     return [dataclasses.replace(c, p_holm=p) for c, p in zip(found, adjusted)]
+
+
+def grid_name(values: dict) -> str:
+    from gptjax.ablate import grid  # the sweep's directory names: "base", or "flops_budget=1e+14" at a budget
+
+    return grid.point_name(values)

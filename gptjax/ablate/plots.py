@@ -124,6 +124,10 @@ def _axis_values(points, planned: list[dict], key: str) -> list:
     return list(dict.fromkeys(seen))
 
 
+def _tick(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) and abs(v) >= 1e6 else str(v)
+
+
 def _order(v):
     return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
@@ -144,8 +148,8 @@ def _draw(grid, labels, axes, rows, cols, path: Path, seeds: int, name: str = "v
     zoomed = finite.size > 1 and spread < ZOOMED * float(np.abs(finite).mean())
     fig.colorbar(image, ax=ax, label=f"best {name} (lower is better)"
                  + (f"\ncolours zoomed: the whole range is {spread:.3f}" if zoomed else ""))
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
-    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xticks(range(len(cols)), [_tick(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [_tick(r) for r in rows])
     ax.set_xlabel(axes[1])
     ax.set_ylabel(axes[0])
     if np.isfinite(grid).any():

@@ -191,10 +191,12 @@ def analyse(paths: list[Path]) -> tuple[Report, dict]:
                if p["error"] or p["name"] not in trained]
     metric, said = choose_metric(runs)
     report = Report(points, columns, skipped, metric, one_at_a_time=plan.get("vary") == "one", warnings=said)
-    points.sort(key=lambda p: (math.isnan(p.mean(report.key)), p.mean(report.key)))
     axes = list(plan["axes"]) if plan.get("axes") else columns
-    report.effects = [] if report.one_at_a_time else effects.main_effects(points, axes, report.value)
-    report.comparisons = effects.comparisons(points, axes, report.value, grid.short_key, report.one_at_a_time)
+    within = [grid.BUDGET] if grid.BUDGET in axes else []  # a budget is a block to compare within, not an effect
+    points.sort(key=lambda p: (*(p.values[k] for k in within), math.isnan(p.mean(report.key)), p.mean(report.key)))
+    report.effects = [] if report.one_at_a_time else effects.main_effects(points, axes, report.value, within)
+    report.comparisons = effects.comparisons(points, axes, report.value, grid.short_key, report.one_at_a_time,
+                                             within)
     seeds = min(len(p.runs) for p in points)
     if seeds < stats.FEW_SEEDS:
         report.warnings.append(f"Warning: {seeds} seed{'s' * (seeds != 1)} per point: "
@@ -224,6 +226,11 @@ def write(paths: list[Path], out: Path) -> Report:
     else:
         swept = f"{len(axes)} swept axis" + ("" if len(axes) == 1 else "es")
         report.notices.append(f"no heatmap.png: it plots two swept axes and these runs differ in {swept}")
+    if grid.BUDGET in axes and not report.one_at_a_time:  # an isoFLOP sweep: its scaling laws too
+        from gptjax.ablate import fit, scaling_report
+
+        found = fit.fit([r.run_dir for p in report.points for r in p.runs], report.metric)
+        report.files += scaling_report.write(found, out, plan.get("command", ""))
     return report
 
 

@@ -22,6 +22,7 @@ from scipy import optimize
 HUBER_DELTA = 1e-3
 BOOTSTRAP = 200       # resamples; percentiles 2.5 and 97.5 make the 95% interval
 MIN_SIZES = 3         # a parabola through fewer distinct sizes has no free parameter left to check it
+REACH = 0.5           # a vertex further outside the sizes trained than this share of their log-range is no minimum
 # Chinchilla's grid of starts (their appendix D.2); L-BFGS runs from the BEST_STARTS with the lowest loss
 # on the data, since most of the 4,500 lead to the same few minima.
 STARTS = {"alpha": np.arange(0.0, 2.01, 0.5), "beta": np.arange(0.0, 2.01, 0.5), "e": np.arange(-1.0, 1.01, 0.5),
@@ -69,9 +70,12 @@ class Profile:
 
 
 def vertex(x, y) -> tuple[np.ndarray, float]:
-    """The least-squares parabola y = c0 x^2 + c1 x + c2 and its vertex x (nan where it opens downward)."""
+    """The least-squares parabola y = c0 x^2 + c1 x + c2 and its vertex x: nan where it opens downward, or
+    lies so far outside the x trained (REACH) that the parabola says only that the loss keeps falling."""
     coef = np.polyfit(x, y, 2)
-    return coef, (-coef[1] / (2 * coef[0]) if coef[0] > 0 else math.nan)
+    at = -coef[1] / (2 * coef[0]) if coef[0] > 0 else math.nan
+    slack = REACH * (np.max(x) - np.min(x))
+    return coef, at if np.min(x) - slack <= at <= np.max(x) + slack else math.nan
 
 
 def profile(budget: float, n, d, loss, rng: np.random.Generator, resamples: int = BOOTSTRAP) -> Profile:
@@ -85,8 +89,9 @@ def profile(budget: float, n, d, loss, rng: np.random.Generator, resamples: int 
     x, logd = np.log10(n), np.log10(d)
     coef, x_opt = vertex(x, loss)
     if math.isnan(x_opt):
-        return dataclasses.replace(base, coef=coef, why="the losses do not curve up on both sides of a minimum "
-                                                        "(the parabola opens downward): train sizes around the optimum")
+        side = "smallest" if np.polyval(coef, x.min()) < np.polyval(coef, x.max()) else "largest"
+        why = f"no minimum among the sizes trained: the loss is lowest at the {side} size and keeps falling"
+        return dataclasses.replace(base, coef=coef, why=why + "; train sizes on both sides of it")
     line = np.polyfit(x, logd, 1)  # tokens against size at this budget, to read D_opt at N_opt
     groups = [np.flatnonzero(n == s) for s in sizes]
     samples = np.full((resamples, 2), np.nan)
@@ -170,7 +175,9 @@ def _minimise(starts, logn, logd, logl) -> np.ndarray | None:
     best, best_f = None, math.inf
     bounds = [(None, None)] * 3 + [(0.0, 4.0)] * 2
     for start in starts:
-        res = optimize.minimize(_objective, start, args=(logn, logd, logl), jac=True, method="L-BFGS-B", bounds=bounds)
+        # The loss is small (about n delta^2): scipy's stopping test is absolute below 1, so it is made relative.
+        res = optimize.minimize(_objective, start, args=(logn, logd, logl), jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": 1e-12, "gtol": 1e-10, "maxiter": 2000})
         if np.isfinite(res.fun) and res.fun < best_f:
             best, best_f = res.x, res.fun
     return best

@@ -26,7 +26,7 @@ def row(p) -> dict:
 
 def vs_base(report) -> dict[str, object]:
     """One-at-a-time sweeps: point -> its comparison against the base."""
-    return {c.label.removesuffix(" vs base"): c for c in report.comparisons if c.label.endswith(" vs base")}
+    return {c.against_base: c for c in report.comparisons if c.against_base}
 
 
 def write_csv(report, path) -> None:
@@ -65,7 +65,7 @@ def markdown(report, command: str) -> str:
                  for s in (scores if len(scores) == 2 else [f"best {name}"])]
         cells[-1] = f"**{cells[-1]}**" if i == 0 else cells[-1]
         lines.append("| " + " | ".join([
-            *([p.name] if report.one_at_a_time else []), *(str(p.values[k]) for k in report.columns),
+            *([p.name] if report.one_at_a_time else []), *(text(p.values[k]) for k in report.columns),
             f"{r['params']:,}", _si(r["flops"]), _si(r["tokens_seen"]), *cells,
             *([_pm(r["best_val_bpb_mean"], r["best_val_bpb_ci95"])] if bpb else []),
             *([_p(c.p_holm) if c else "—"] if report.one_at_a_time else []),
@@ -79,6 +79,11 @@ def markdown(report, command: str) -> str:
                       *_comparisons(report), *(f"Skipped {n}: {why}" for n, why in report.skipped)]) + "\n"
 
 
+def text(value) -> str:
+    """A config value in a table: budgets (3e13) as 3e+13, not 30000000000000.0."""
+    return f"{value:.3g}" if isinstance(value, float) and abs(value) >= 1e6 else str(value)
+
+
 def _effects(report) -> list[str]:
     if not report.effects:
         return []
@@ -87,7 +92,8 @@ def _effects(report) -> list[str]:
              f"Each swept value's best {name}, averaged over the points that have it (the other axes' values), "
              f"with the 95% t-interval over seeds of the per-seed averages.", "",
              f"| axis | value | best {name} | points averaged |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {grid.short_key(e.axis)} | {e.level} | {_pm(e.mean, e.half)} | {e.cells} |" for e in report.effects]
+    lines += [f"| {grid.short_key(e.axis)} | {text(e.level)} | {_pm(e.mean, e.half)} | {e.cells} |"
+              for e in report.effects]
     return lines
 
 
