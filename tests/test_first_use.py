@@ -71,16 +71,16 @@ def test_inspect_attention_without_out_writes_into_the_run_not_the_cwd(short_run
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def readme_python_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+def docs_python_block() -> str:
+    text = (ROOT / "docs/index.md").read_text()
+    return text.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys, caplog):
-    code = readme_python_block()
+def test_docs_python_api_example_runs(tmp_path, monkeypatch, capsys, caplog):
+    code = docs_python_block()
     assert '"shakespeare_char_cpu", "train.steps=500"' in code  # the lines swapped below for a seconds-long run
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.replace('"shakespeare_char_cpu", "train.steps=500"', '"tiny"'), "README.md", "exec"), {})
+    exec(compile(code.replace('"shakespeare_char_cpu", "train.steps=500"', '"tiny"'), "docs/index.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert any(re.fullmatch(r"step 20: val loss \d\.\d{4}", line) for line in out), out
     assert sum(line.startswith("ROMEO:") for line in out) >= 2 and (tmp_path / "runs/notebook/metrics.jsonl").is_file()

@@ -268,12 +268,12 @@ def test_report_is_one_file_that_renders_every_view_in_chromium(hand_run, tmp_pa
 
 
 # ---------------------------------------------------------------------------
-# The README's notebook example
+# The docs' notebook example (docs/inspect.md)
 
 
-def test_readme_notebook_example_runs(tmp_path):
-    text = (ROOT / "README.md").read_text()
-    example = re.search(r"### From a notebook\n.*?```python\n(.*?)```", text, re.S).group(1)
+def test_docs_notebook_example_runs(tmp_path):
+    text = (ROOT / "docs/inspect.md").read_text()
+    example = re.search(r"## From a notebook\n.*?```python\n(.*?)```", text, re.S).group(1)
     cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'run'}"])
     tok = CharTokenizer.fit((ASSETS / "tinyshakespeare.txt").read_text(encoding="utf-8"))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_vocab=tok.vocab_size))
