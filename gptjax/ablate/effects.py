@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gptjax.ablate import stats
+from gptjax.ablate import grid, stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,11 @@ class Comparison:
     test: stats.Test
     p_holm: float = math.nan
     against_base: str = ""   # one-at-a-time sweeps: the point tested against its base
+
+
+def _text(value) -> str:
+    """A swept value in a label as in the point's directory name: budgets as 3e+13."""
+    return grid.point_name({"x.x": value}).partition("=")[2]
 
 
 def data_order(cfg) -> tuple:
@@ -97,7 +102,7 @@ def axis_pairs(points: Sequence, axis: str, others: list[str], metric: Callable,
             test = stats.compare(marginal(cells_a, metric), marginal(cells_b, metric), pairable(cells_a + cells_b))
             over = f" (mean over {len(common)} cell{'s' * (len(common) > 1)})" if others else ""
             if test:
-                out.append(Comparison(f"{name(axis)}={a} vs {b}{over}", test))
+                out.append(Comparison(f"{name(axis)}={_text(a)} vs {_text(b)}{over}", test))
     return out
 
 
@@ -116,9 +121,9 @@ def comparisons(points: Sequence, axes: list[str], metric: Callable, name: Calla
     compared only with points of the same block, and the key's own values are not tested against each other."""
     found: list[Comparison | None] = []
     block = lambda p: tuple(p.values[k] for k in within)  # noqa: E731
-    tag = lambda p: "".join(f" at {name(k)}={p.values[k]}" for k in within)  # noqa: E731
+    tag = lambda p: "".join(f" at {name(k)}={_text(p.values[k])}" for k in within)  # noqa: E731
     if one_at_a_time:
-        bases = {block(p): p for p in points if p.name == grid_name({k: p.values[k] for k in within})}
+        bases = {block(p): p for p in points if p.name == grid.point_name({k: p.values[k] for k in within})}
         found += [point_pair(p, bases[block(p)], metric, f"{p.name} vs base{tag(p)}", against_base=p.name)
                   for p in points if block(p) in bases and p is not bases[block(p)]]
     else:
@@ -134,8 +139,3 @@ def comparisons(points: Sequence, axes: list[str], metric: Callable, name: Calla
     adjusted = stats.holm([c.test.p for c in found])
     return [dataclasses.replace(c, p_holm=p) for c, p in zip(found, adjusted)]
 
-
-def grid_name(values: dict) -> str:
-    from gptjax.ablate import grid  # the sweep's directory names: "base", or "flops_budget=1e+14" at a budget
-
-    return grid.point_name(values)

@@ -205,11 +205,11 @@ def short_key(key: str) -> str:
 
 def point_name(values: dict[str, Any]) -> str:
     # Safe on every filesystem: letters, digits and . _ + - = , only; "base" for a sweep without axes.
-    parts = [f"{short_key(k)}={_text(v)}" for k, v in values.items()]
+    parts = [f"{short_key(k)}={value_text(v)}" for k, v in values.items()]
     return re.sub(r"[^A-Za-z0-9._+\-=,]", "_", ",".join(parts)) or "base"
 
 
-def _text(value: Any) -> str:
+def value_text(value: Any) -> str:
     # Budgets (3e13) as 3e+13, not JSON's 30000000000000.0; other numbers as JSON writes them.
     if isinstance(value, float) and abs(value) >= 1e6:
         return f"{value:g}"
