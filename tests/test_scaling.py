@@ -60,7 +60,7 @@ def test_too_little_data_gives_reasons_not_numbers(drawn):
     rng = np.random.default_rng(3)
     one_budget = drawn[drawn[:, 0] == 1e19]
     found = profiles(one_budget)
-    assert scaling.power_law(found, 0) == "1 budget with a minimum: a power law needs 2 or more"
+    assert scaling.power_law(found, 0) == "1 budget with a minimum inside its sizes: a power law needs 2 or more"
     two_sizes = one_budget[one_budget[:, 1] <= np.unique(one_budget[:, 1])[1]]
     p = scaling.profile(1e19, *two_sizes[:, 1:].T, rng)
     assert p.n_opt is None and p.why == "2 sizes at this budget: a parabola needs 3 or more"

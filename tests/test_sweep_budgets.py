@@ -93,8 +93,8 @@ def test_degenerate_fits_say_why_in_one_line(iso, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert f"Left out {nan_run}: its final val_loss is nan" in result.stdout
-    assert "a = — (1 budget with a minimum: a power law needs 2 or more)" in result.stdout or \
-        "a = — (0 budgets with a minimum: a power law needs 2 or more)" in result.stdout
+    assert "a = — (1 budget with a minimum inside its sizes: a power law needs 2 or more)" in result.stdout or \
+        "a = — (0 budgets with a minimum inside its sizes: a power law needs 2 or more)" in result.stdout
     assert "No fit: 5 runs, 3 sizes, 3 token counts: the five-parameter fit needs 6 or more runs" in result.stdout
     one_size = tmp_path / "one_size"
     for budget in BUDGETS:

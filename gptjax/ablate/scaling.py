@@ -22,6 +22,7 @@ from scipy import optimize
 HUBER_DELTA = 1e-3
 BOOTSTRAP = 200       # resamples; percentiles 2.5 and 97.5 make the 95% interval
 MIN_SIZES = 3         # a parabola through fewer distinct sizes has no free parameter left to check it
+EXTRAPOLATED = "the minimum lies outside the sizes trained: N_opt is extrapolated, and left out of the power laws"
 REACH = 0.5           # a vertex further outside the sizes trained than this share of their log-range is no minimum
 # Chinchilla's grid of starts (their appendix D.2); L-BFGS runs from the BEST_STARTS with the lowest loss
 # on the data, since most of the 4,500 lead to the same few minima.
@@ -100,7 +101,7 @@ def profile(budget: float, n, d, loss, rng: np.random.Generator, resamples: int 
         _, xb = vertex(x[pick], loss[pick])
         samples[i] = xb, np.polyval(line, xb)
     outside = not x.min() <= x_opt <= x.max()
-    why = "the minimum lies outside the sizes trained: N_opt is extrapolated" if outside else ""
+    why = EXTRAPOLATED if outside else ""
     n_opt = interval(samples[:, 0], x_opt, "a minimum").scaled(lambda v: 10 ** v)
     d_opt = interval(samples[:, 1], float(np.polyval(line, x_opt)), "a minimum").scaled(lambda v: 10 ** v)
     return dataclasses.replace(base, coef=coef, n_opt=n_opt, d_opt=d_opt, loss_min=float(np.polyval(coef, x_opt)),
@@ -124,9 +125,10 @@ class PowerLaw:
 def power_law(profiles: list[Profile], column: int) -> PowerLaw | str:
     """X_opt ∝ C^exponent through the budgets' minima (column 0: N_opt, 1: D_opt), its interval from the
     bootstrap replicates (replicate i of every budget together)."""
-    good = [p for p in profiles if p.n_opt is not None]
+    good = [p for p in profiles if p.n_opt is not None and p.why != EXTRAPOLATED]
     if len(good) < 2:
-        return f"{len(good)} budget{'s' * (len(good) != 1)} with a minimum: a power law needs 2 or more"
+        return (f"{len(good)} budget{'s' * (len(good) != 1)} with a minimum inside its sizes: a power law needs 2 or "
+                f"more")
     logc = np.log10([p.budget for p in good])
     value = np.log10([(p.n_opt, p.d_opt)[column].value for p in good])
     slope, k = np.polyfit(logc, value, 1)
@@ -226,4 +228,8 @@ def parametric(n, d, loss, rng: np.random.Generator, resamples: int = BOOTSTRAP)
     values = {"E": np.exp(theta[2]), "A": np.exp(theta[0]), "B": np.exp(theta[1]), "alpha": theta[3], "beta": theta[4]}
     columns = {"E": np.exp(replicates[:, 2]), "A": np.exp(replicates[:, 0]), "B": np.exp(replicates[:, 1]),
                "alpha": replicates[:, 3], "beta": replicates[:, 4]}
-    return Parametric(theta, {k: interval(columns[k], float(values[k]), "the fit") for k in NAMES}, replicates)
+    estimates = {k: interval(columns[k], float(values[k]), "the fit") for k in NAMES}
+    if values["E"] < 1e-3 * loss.min():  # no floor in sight: the data cannot tell E from 0
+        estimates["E"] = Estimate(float(values["E"]), why="not identified: the fit drives E to 0, as these losses "
+                                                         "show no floor")
+    return Parametric(theta, estimates, replicates)

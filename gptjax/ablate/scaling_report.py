@@ -95,14 +95,21 @@ def markdown(fit: Fit, command: str = "") -> str:
     else:
         lines += ["| E | A | B | alpha | beta |", "| ---: | ---: | ---: | ---: | ---: |",
                   "| " + " | ".join(_est(p.estimates[k]) for k in scaling.NAMES) + " |", "",
-                  f"Implied exponents: a = beta / (alpha + beta) = {_g(p.theta[4] / (p.theta[3] + p.theta[4]))}, "
-                  f"b = alpha / (alpha + beta) = {_g(p.theta[3] / (p.theta[3] + p.theta[4]))}."]
+                  f"Implied exponents: a = beta / (alpha + beta) = {_est(implied(p, 4))}, "
+                  f"b = alpha / (alpha + beta) = {_est(implied(p, 3))}."]
     lines += ["", f"## Prediction at C = {fit.target:.3g} ({scaling_target(fit)}): an extrapolation", "",
               "| quantity | predicted |", "| --- | ---: |"]
     lines += [f"| {k} | {_est(e)} |" for k, e in fit.prediction().items()]
     lines += ["", "An extrapolation past every budget trained: the further past them, the less the intervals "
                   "(which hold only the noise of these runs, not a change of regime) can be trusted.", ""]
     return "\n".join(lines) + "\n"
+
+
+def implied(p: scaling.Parametric, top: int) -> scaling.Estimate:
+    """Approach 3's exponent of N_opt (top=4: beta / (alpha + beta)) or D_opt (top=3), with its bootstrap interval."""
+    ratio = lambda t: t[..., top] / (t[..., 3] + t[..., 4])  # noqa: E731
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return scaling.interval(ratio(p.replicates), float(ratio(p.theta)), "the fit")
 
 
 def scaling_target(fit: Fit) -> str:

@@ -145,7 +145,7 @@ def _si(v: float) -> str:
     if math.isnan(v):
         return "—"
     for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
+        if v >= 0.9995 * scale:  # 999.99G prints as 1T, not 1e+03G
             return f"{v / scale:.3g}{unit}"
     return f"{v:g}"
 
