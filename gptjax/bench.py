@@ -155,7 +155,8 @@ def _common(cfg, name: str, tokens_per_sec: float, compile_s: float, devices: in
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = errors.ArgumentParser(prog="gptjax bench", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="config file or preset (default: shakespeare_char_cpu)")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings")
     parser.add_argument("--steps", type=int, default=50, help="timed steps for the train and eval medians")

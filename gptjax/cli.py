@@ -1,4 +1,4 @@
-"""The command line: `gptjax train|sample|sweep|inspect|convert|bench ...` (train.py and sample.py call it too)."""
+"""The command line: `gptjax train|sample|sweep|inspect|convert|bench|tokenizer ...` (train.py, sample.py call it)."""
 
 from __future__ import annotations
 
@@ -101,9 +101,9 @@ def sample(argv: list[str]) -> int:
         cfg, tok = runs.read_files(args.run_dir)
         options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        max_new_tokens=args.max_new_tokens, num_samples=args.num_samples)
-        sampling.check_options(**options, vocab_size=tok.vocab_size)
+        sampling.check_options(**options, vocab_size=tok.vocab_size, seed=args.seed)
         sampling.check_memory(cfg.model, args.num_samples, args.max_new_tokens,
-                              *runs.device_memory(jax.devices()[0]))
+                              *runs.device_memory(jax.devices()[0]))  # before the weights load
         if args.prompt:
             tok.encode(args.prompt)
         samples = api.sample(runs.load(args.run_dir, args.step), args.prompt, **options, seed=args.seed,
@@ -124,6 +124,7 @@ COMMANDS = {
     "inspect": "gptjax.look.cli:main",
     "convert": "gptjax.interop.convert:main",
     "bench": "gptjax.bench:main",
+    "tokenizer": "gptjax.data.tokenizer_cli:main",
 }
 
 

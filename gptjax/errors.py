@@ -38,6 +38,23 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
 
 
+_line_open = False  # a progress line on stderr waits for its next redraw (no newline yet)
+
+
+def show_progress(text: str, done: bool = False) -> None:
+    """A progress line on stderr, redrawn in place; whatever run_cli prints next starts on a line of its own."""
+    global _line_open
+    print(f"\r{text}", end="\n" if done else "", file=sys.stderr, flush=True)
+    _line_open = not done
+
+
+def _end_progress_line() -> None:
+    global _line_open
+    if _line_open:
+        print(file=sys.stderr, flush=True)
+        _line_open = False
+
+
 def run_cli(main: Callable[[], None], debug: bool = False) -> int:
     """Run an entry point: user errors become one line on stderr and exit code 2."""
     # orbax logs routine notices through absl at WARNING; a user only needs errors.
@@ -48,7 +65,10 @@ def run_cli(main: Callable[[], None], debug: bool = False) -> int:
         # failure itself reaches the caller and becomes one line.
         logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
-        main()
+        try:
+            main()
+        finally:  # what follows (an error, "interrupted") is not appended to a progress line
+            _end_progress_line()
         return 0
     except UserError as e:
         if debug:

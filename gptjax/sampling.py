@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from gptjax.config import ModelConfig
+from gptjax.config.sections import MAX_SEED
 from gptjax.errors import UserError
 from gptjax.model import init_cache
 
@@ -26,7 +27,7 @@ class SamplerError(UserError):
 
 
 def check_options(*, temperature: float, top_k: int | None, top_p: float, max_new_tokens: int,
-                  num_samples: int, vocab_size: int) -> None:
+                  num_samples: int, vocab_size: int, seed: int = 0) -> None:
     if not temperature >= 0:
         raise SamplerError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and not 0 < top_k <= vocab_size:
@@ -37,6 +38,8 @@ def check_options(*, temperature: float, top_k: int | None, top_p: float, max_ne
         raise SamplerError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     if num_samples < 1:
         raise SamplerError(f"--num-samples must be >= 1, got {num_samples}")
+    if not 0 <= seed <= MAX_SEED:
+        raise SamplerError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
 
 
 def memory_needed(cfg: ModelConfig, num_samples: int, max_new_tokens: int) -> int:

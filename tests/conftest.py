@@ -44,7 +44,7 @@ os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), (FAST_COMP
 # The files that take longest, longest first (BENCHMARKS.md, "Test suite"): xdist hands whole
 # files to its workers in collection order, so starting with these lets the workers finish
 # together instead of one running the last long file alone. The rest keep their order.
-LONGEST_FIRST = ("test_modern.py", "test_scale.py", "test_trust.py", "test_sampling.py", "test_sweep.py",
+LONGEST_FIRST = ("test_modern.py", "test_scale.py", "test_trust.py", "test_trust3.py", "test_sampling.py", "test_sweep.py",
                  "test_model.py", "test_crash.py", "test_train.py", "test_cli.py", "test_seeds.py")
 
 

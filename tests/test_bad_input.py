@@ -97,7 +97,7 @@ CASES = {
     "text not utf-8": ([*TRAIN, "data.source={tmp}/latin1.txt"], "is not UTF-8 text", None),
     "jsonl row whose text is a number": ([*TRAIN, "data.source={tmp}/number.jsonl"], "dataset '{tmp}/number.jsonl' row 1: 'text' holds int '1', not text", None),
     "folder with no shards": ([*TRAIN, "data.source={tmp}/no_shards"], "data.source '{tmp}/no_shards' is an empty folder", None),
-    "resume with a changed model shape": ([*TRAIN, "model.n_layer=3"], "holds a run with model.n_layer=2, but this config says 3", None),
+    "resume with a changed model shape": ([*TRAIN, "model.n_layer=3"], "holds a run trained with model.n_layer=2, but this config says 3", None),
     "resume from damaged checkpoints": (TRAIN, "cannot be restored: .*no checkpoint of this run restores", damage_all),
     "sample a truncated checkpoint": (["sample.py", "{run}"], "checkpoint .*/4 cannot be restored: .*; try --step 2", truncate),
     "sample a corrupt checkpoint": (["sample.py", "{run}"], "checkpoint .*/4 is damaged: its params do not match the checksum", swap_params),

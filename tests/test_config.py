@@ -54,7 +54,7 @@ def test_derived_sizes_are_the_shapes_training_uses():
     (["model.n_layer=2.5"], "bad value for model.n_layer"),
     (["train.batch_size=10", "train.grad_accum=4"], "train.batch_size=10 is not divisible by train.grad_accum=4"),
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
-    (["data.tokenizer=bpe"], "data.tokenizer must be char or gpt2"),
+    (["data.tokenizer=bpe"], "data.tokenizer must be char, gpt2 or the path of a tokenizer.json"),
     (["run.wandb=yes"], "run.wandb must be off, offline or online"),
     (["n_layer=2"], "must look like section.key=value"),
 ])

@@ -207,6 +207,15 @@ BAD = [  # (config.json changes, tensor change, file removed, the error says)
      "lm_head.weight differs from wte.weight; gptjax's GPT-2 ties them"),
     ({}, None, "model.safetensors", "has no model.safetensors or pytorch_model.bin"),
     ({}, None, "config.json", "has no config.json"),
+    # Weights that are not floats: a cast to float32 would invent them (issue #28).
+    ({}, lambda t: t.update({"transformer.h.0.mlp.c_fc.bias": t["transformer.h.0.mlp.c_fc.bias"].astype(np.int8)}),
+     None, "h.0.mlp.c_fc.bias holds int8 values; only float weights convert"),
+    ({}, lambda t: t.update({"transformer.ln_f.weight": t["transformer.ln_f.weight"] > 1}), None,
+     "ln_f.weight holds bool values; only float weights convert"),
+    # Sizes JSON allows but a model cannot have.
+    *(({"n_embd": bad}, None, None, f"config.json has n_embd={json.dumps(bad)}, but it must be a positive integer")
+      for bad in ("32", 2.0, True, [2], -64)),
+    ({"n_inner": "256"}, None, None, 'config.json has n_inner="256", but it must be a positive integer'),
 ]
 
 
@@ -232,6 +241,36 @@ def test_unknown_source_and_used_run_directory_are_refused(synthetic, synthetic_
         convert.from_hf("gpt3", synthetic_run.parent / "other")
     with pytest.raises(ConvertError, match="exists and is not empty"):
         convert.from_hf(str(synthetic), synthetic_run)
+
+
+def test_a_file_or_read_only_folder_as_the_target_is_one_line_before_any_weight_is_read(synthetic, synthetic_run,
+                                                                                        tmp_path):
+    (tmp_path / "hostname").write_text("a file, as /etc/hostname is\n")
+    with pytest.raises(ConvertError, match=f"RUN_DIR {tmp_path / 'hostname'} is a file, not a folder"):
+        convert.from_hf(str(synthetic), tmp_path / "hostname")
+    with pytest.raises(ConvertError, match=f"OUT {tmp_path / 'hostname'} is a file, not a folder"):
+        convert.to_hf(synthetic_run, tmp_path / "hostname")
+    assert (tmp_path / "hostname").read_text() == "a file, as /etc/hostname is\n"
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)],
+                      capture_output=True).returncode:
+        read_only.chmod(0o500)  # not root: the mode bits are enough
+    try:
+        with pytest.raises(ConvertError, match=f"OUT {read_only / 'hf'} is not writable \\(Read-only file system|"
+                                               f"Permission denied"):
+            convert.to_hf(synthetic_run, read_only / "hf")
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], capture_output=True)
+
+
+def test_a_pytorch_bin_that_is_not_a_state_dict_is_one_line(synthetic, tmp_path, torch):
+    folder = tmp_path / "list"
+    folder.mkdir()
+    shutil.copy(synthetic / "config.json", folder)
+    torch.save([torch.zeros(2), torch.ones(2)], folder / "pytorch_model.bin")  # weights_only loads a list too
+    with pytest.raises(ConvertError, match="pytorch_model.bin holds a list, not a state dict of named tensors"):
+        convert.from_hf(str(folder), tmp_path / "run")
 
 
 # ---------------------------------------------------------------------------

@@ -181,6 +181,16 @@ def test_bad_shards_and_folders_get_one_line_naming_them(tmp_path):
     assert not list((tmp_path / "c" / "data").iterdir())  # no cache entry from any refusal
 
 
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst", ".txt.gz", ".txt.zst"])
+def test_a_cut_compressed_shard_is_one_line_naming_it(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    write_jsonl(path, corpus(), opener=gzip.open if suffix.endswith(".gz") else zstandard.open)
+    path.write_bytes(path.read_bytes()[:300])  # a copy cut short
+    with pytest.raises(DataError, match=f"'{path}'.*(damaged \\.(gz|zst) file|ended before the end).*; "
+                                        f"replace or remove the file"):
+        data.prepare(DataConfig(source=str(path), cache_dir=str(tmp_path / "c")))
+
+
 PREPARE = """
 import resource, sys
 from gptjax import data

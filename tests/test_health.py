@@ -45,7 +45,7 @@ def _abstract(ckpts, step):
 
 def test_inf_lr_is_caught_at_its_step_and_the_newest_checkpoint_stays_finite(base, tmp_path):
     # The flags are read only at step 9 (the next checkpoint), yet the message names step 7, where it began.
-    run, cfg = resume(base, tmp_path, "train.lr=inf", "train.steps=20")
+    run, cfg = resume(base, tmp_path, "train.lr=1e39", "train.steps=20")
     with pytest.raises(trainer.TrainingError, match=r"non-finite loss or gradients at step 7 \(and 2 more steps up "
                                                      r"to 9\); training stopped and the newest checkpoint is step 6"):
         trainer.train(cfg)
@@ -58,7 +58,7 @@ def test_inf_lr_is_caught_at_its_step_and_the_newest_checkpoint_stays_finite(bas
 
 
 def test_skip_keeps_the_state_of_the_last_good_step(base, tmp_path):
-    run, cfg = resume(base, tmp_path, "train.lr=inf", "train.steps=10", "train.on_nonfinite=skip",
+    run, cfg = resume(base, tmp_path, "train.lr=1e39", "train.steps=10", "train.on_nonfinite=skip",
                        "run.keep_checkpoints=5")
     trainer.train(cfg)
     before, after = restore(run, 6), restore(run, 10)
@@ -69,7 +69,7 @@ def test_skip_keeps_the_state_of_the_last_good_step(base, tmp_path):
 
 
 def test_rollback_retries_once_then_stops(base, tmp_path):
-    run, cfg = resume(base, tmp_path, "train.lr=inf", "train.steps=10", "train.on_nonfinite=rollback")
+    run, cfg = resume(base, tmp_path, "train.lr=1e39", "train.steps=10", "train.on_nonfinite=rollback")
     with pytest.raises(trainer.TrainingError, match="at step 7 .*again after rolling back"):
         trainer.train(cfg)
     assert max(r["step"] for r in read_metrics(run)) == 6

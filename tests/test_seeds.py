@@ -118,7 +118,7 @@ print(json.dumps({"devices": jax.device_count(), "single_run": mesh.size,
 
 
 def test_a_non_finite_stack_names_its_seeds_and_stops_as_one_run_would(tmp_path):
-    base = config.load("tiny", ["train.lr=inf", "train.steps=4", "train.log_every=2", "train.eval_every=4",
+    base = config.load("tiny", ["train.lr=1e39", "train.steps=4", "train.log_every=2", "train.eval_every=4",
                                 f"run.out_dir={tmp_path}"])
     with pytest.raises(TrainingError, match=r"non-finite loss or gradients at step 1 \(and 1 more steps up to 2\) "
                                             r"in seed seed=0, seed=1; training stopped and no checkpoint was saved"):

@@ -151,7 +151,7 @@ def test_a_folder_with_no_checkpoint_pins_nothing(tmp_path):
 
 
 def test_skipped_updates_in_a_row_are_capped(tmp_path):
-    result = run_in_process("train.py", "tiny", "train.lr=inf", "train.on_nonfinite=skip", "train.max_skips=3",
+    result = run_in_process("train.py", "tiny", "train.lr=1e39", "train.on_nonfinite=skip", "train.max_skips=3",
                             "train.log_every=1", f"run.out_dir={tmp_path / 'run'}")
     assert "4 updates in a row skipped up to step 4 (train.max_skips=3); training stopped and no checkpoint " \
            "was saved" in error_line(result)

@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
 
     from gptjax import errors
 
-    parser = argparse.ArgumentParser(prog="gptjax sweep fit", description=__doc__,
+    parser = errors.ArgumentParser(prog="gptjax sweep fit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="sweep directories or run directories (folders of them work too)")
     parser.add_argument("--out", help="where scaling.md, .csv and .png go (default: the one directory given)")

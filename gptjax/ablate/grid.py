@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from gptjax import config
+from gptjax import config, yaml_io
 from gptjax.config import Config, ConfigError, ModelConfig
 from gptjax.errors import did_you_mean
 
@@ -89,7 +89,7 @@ def is_sweep_file(target: str) -> Path | None:
     for path in (Path(target), config.CONFIG_DIR / "ablations" / f"{target}.yaml"):
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+                raw = yaml_io.load(path)  # bounded: a sweep file is read as a config is
             except (yaml.YAMLError, OSError, UnicodeDecodeError):
                 return None  # not ours to judge: config.load reports it as a base config
             return path if isinstance(raw, dict) and ("grid" in raw or "base" in raw) else None
@@ -97,7 +97,7 @@ def is_sweep_file(target: str) -> Path | None:
 
 
 def read_sweep_file(path: Path) -> Spec:
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yaml_io.load(path)
     if unknown := set(raw) - FILE_KEYS:
         raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; it may hold {sorted(FILE_KEYS)}")
     grid, fixed = raw.get("grid"), raw.get("set") or {}
@@ -155,6 +155,8 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
     check_family(spec)
     if not isinstance(spec.seeds, int) or spec.seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {spec.seeds!r}")
+    if not isinstance(spec.out, str):
+        raise ConfigError(f"out must be a folder path, got {spec.out!r}; quote it if it looks like a number")
     if spec.match not in (None, *MATCHES):
         raise ConfigError(f"match must be one of {', '.join(MATCHES)}, got {spec.match!r}")
     if spec.match == "params" and "model.n_embd" in {**axes, **fixed}:

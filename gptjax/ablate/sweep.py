@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         from gptjax.ablate import fit
 
         return fit.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="gptjax sweep", description=__doc__,
+    parser = errors.ArgumentParser(prog="gptjax sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="base config (preset name or path) or sweep file (configs/ablations/*.yaml)")
     parser.add_argument("items", nargs="*", help="section.key=v1,v2,... sweeps a key; section.key=value sets it")
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
 
 
 def report_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gptjax sweep report",
+    parser = errors.ArgumentParser(prog="gptjax sweep report",
                                      description="Compare runs: results.csv, results.md, curves.png, heatmap.png.")
     parser.add_argument("paths", nargs="+", help="a sweep directory, or run directories (folders of them work too)")
     parser.add_argument("--out", help="where to write the report (default: the one directory given)")

@@ -12,6 +12,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from gptjax import yaml_io
 from gptjax.config.sections import Config, ConfigError
 from gptjax.errors import did_you_mean, first_line
+from gptjax.files import MAX_DEPTH
 
 # Presets ship inside the package; a configs/ folder in the working directory (the repo's, or a
 # user's edited copies) is looked in first.
@@ -87,11 +88,22 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. model.n_layer=4")
         if key.split(".")[0] not in SECTIONS:
             raise ConfigError(f"unknown config key {key!r}{_nearest(key)}")
+        if _nesting(value) > MAX_DEPTH:  # OmegaConf recurses once per level: 200 `[` overflow it
+            raise ConfigError(f"override {key}=... is nested deeper than {MAX_DEPTH} levels; give a plain value")
         items.append(item if value.strip() else f"{key}=''")  # `key=` clears a string, as in YAML
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(items))
     except (OmegaConfBaseException, yaml.YAMLError) as e:  # values are read as YAML
         raise ConfigError(f"bad override in {' '.join(overrides)!r}: {first_line(e)}") from None
+
+
+def _nesting(value: str) -> int:
+    """How deep `[`/`{` nest in an override's value (quotes ignored: an upper bound, which is all a check needs)."""
+    depth = deepest = 0
+    for c in value:
+        depth += (c in "[{") - (c in "]}")
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def from_dict(tree: dict) -> Config:

@@ -10,6 +10,9 @@ import yaml
 
 from gptjax.errors import UserError
 
+MAX_SEED = 2**63 - 1  # seeds go to numpy and JAX as int64
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
 
 class ConfigError(UserError):
     """A config the user must fix; the message is one line saying how."""
@@ -62,8 +65,8 @@ class ModelConfig:
                    f"model.{name} must be {' or '.join(choices)}, got {getattr(self, name)!r}")
         _check(self.n_kv_head is None or (self.n_kv_head > 0 and self.n_head % self.n_kv_head == 0),
                f"model.n_kv_head={self.n_kv_head} must be positive and divide model.n_head={self.n_head}")
-        _check(self.logit_softcap >= 0 and not math.isnan(self.logit_softcap),
-               f"model.logit_softcap must be >= 0 (0 disables), got {self.logit_softcap}")
+        _check(self.logit_softcap >= 0 and math.isfinite(self.logit_softcap),
+               f"model.logit_softcap must be a finite number >= 0 (0 disables), got {self.logit_softcap}")
         _check(self.positions != "rope" or self.n_head <= 0 or (self.n_embd // self.n_head) % 2 == 0,
                f"model.positions=rope rotates pairs of dimensions: head size n_embd/n_head must be even, "
                f"got {self.n_embd}/{self.n_head}")
@@ -130,7 +133,8 @@ class ModelConfig:
 class DataConfig:
     source: str = _field("shakespeare", "shakespeare | .txt/.jsonl/.parquet[.gz|.zst] file, glob, a,b list or folder "
                          "of shards | nanoGPT train.bin/val.bin folder | hf:NAME[:CONFIG]")
-    tokenizer: str = _field("char", "char (vocabulary from the corpus) | gpt2 (GPT-2 BPE)")
+    tokenizer: str = _field("char", "char (vocabulary from the corpus) | gpt2 (GPT-2 BPE) | path of a Hugging Face "
+                            "tokenizer.json or its folder (gptjax tokenizer train writes one)")
     text_field: str = _field("text", "column holding the text in .jsonl/.parquet/hub datasets")
     val_fraction: float = _field(0.1, "share of documents held out for validation, by a hash of each document's index")
     cache_dir: str = _field("", "where tokenized data is cached; empty: $GPTJAX_CACHE or ~/.cache/gptjax")
@@ -138,7 +142,9 @@ class DataConfig:
     chunk_chars: int = _field(1 << 20, "characters per tokenizing task; memory grows with num_proc x it, not corpus")
 
     def __post_init__(self):
-        _check(self.tokenizer in ("char", "gpt2"), f"data.tokenizer must be char or gpt2, got {self.tokenizer!r}")
+        # A file path holds a separator or names a .json; anything else is a misspelt kind.
+        _check(self.tokenizer in ("char", "gpt2") or "/" in self.tokenizer or self.tokenizer.endswith(".json"),
+               f"data.tokenizer must be char, gpt2 or the path of a tokenizer.json, got {self.tokenizer!r}")
         _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(bool(self.source), "data.source is empty; use shakespeare, a file path or hf:NAME")
         _check(self.num_proc >= 0 and self.chunk_chars >= 1024, "data.num_proc must be >= 0 (0: one per core) and "
@@ -195,8 +201,9 @@ class TrainConfig:
         _check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps,
                "train.lr_decay_steps must exceed train.warmup_steps")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps", "muon_lr"):
-            _check(getattr(self, name) >= 0 and not math.isnan(getattr(self, name)),
-                   f"train.{name} must be >= 0, got {getattr(self, name)}")
+            _check(getattr(self, name) >= 0 and math.isfinite(getattr(self, name)),
+                   f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        _check(0 <= self.seed <= MAX_SEED, f"train.seed must be between 0 and {MAX_SEED}, got {self.seed}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
 
     @property
@@ -237,6 +244,9 @@ class RunConfig:
         _check(self.wandb in ("off", "offline", "online"),
                f"run.wandb must be off, offline or online, got {self.wandb!r}")
         _check(self.keep_checkpoints > 0, f"run.keep_checkpoints must be positive, got {self.keep_checkpoints}")
+        longest = max((len(part.encode("utf-8", "surrogateescape")) for part in self.out_dir.split("/")), default=0)
+        _check(longest <= NAME_MAX, f"run.out_dir has a folder name of {longest} bytes, more than the {NAME_MAX} "
+                                    f"a file system allows; give a shorter name")
 
 
 @dataclasses.dataclass(frozen=True)

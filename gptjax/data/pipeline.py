@@ -8,21 +8,24 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
 from gptjax.config import DataConfig
-from gptjax.data import sources
+from gptjax.data import hf_tokenizer, sources
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.sources import DataError, Source
 
-FORMAT_VERSION = 2  # 2: split by documents, streamed; bump when the cached layout or tokenization changes
+# 2: split by documents, streamed; 3: keyed by content, fingerprinted. Bump when the layout or tokenization changes.
+FORMAT_VERSION = 3
 Piece = tuple[int, str, bool, bool]  # document index, text, first piece of its document, last piece
 
 
@@ -30,12 +33,17 @@ Piece = tuple[int, str, bool, bool]  # document index, text, first piece of its 
 class Progress:
     """Where a preparation stands, handed to the caller's callback after every chunk."""
 
-    stage: str  # "vocabulary" (the char tokenizer's first pass) | "tokens"
+    stage: str  # "digest" (hashing the source) | "vocabulary" (the char tokenizer's first pass) | "tokens" | "done"
     docs: int
     tokens: int
-    chars: int
+    chars: int  # while hashing: bytes read
     total_bytes: int | None  # None for the hub: no ETA
     elapsed_s: float
+    note: str = ""  # stage "note": something the user should know, e.g. a damaged cache entry being rebuilt
+
+    @classmethod
+    def notice(cls, note: str) -> Progress:
+        return cls("note", 0, 0, 0, None, 0.0, note)
 
     @property
     def fraction(self) -> float | None:
@@ -53,6 +61,12 @@ class Progress:
 
     def line(self) -> str:
         """One progress-bar line: documents, tokens/s and an ETA where the corpus size is known."""
+        if self.stage == "note":
+            return f"data: {self.note}"
+        if self.stage == "digest":
+            return (f"data: hashing the source once, to pin it by content: {_count(self.chars)}B of "
+                    f"{_count(self.total_bytes or 0)}B, {_duration(self.elapsed_s)}, "
+                    f"{self.fraction:4.0%}, ETA {_duration(self.eta_s or 0)}")
         what = "reading the char vocabulary" if self.stage == "vocabulary" else "tokenizing"
         rate = f"{_count(self.tokens)} tokens, {_count(self.tokens_per_s)} tokens/s" if self.tokens else \
             f"{_count(self.chars)} chars"
@@ -88,7 +102,9 @@ def pieces(src: Source, cfg: DataConfig, cut: Callable[[str, int], int]) -> Iter
 
 def bpe_cut(text: str, limit: int) -> int:
     """A cut where GPT-2's pre-tokenizer starts a new piece anyway (a space or newline after a
-    non-space), so tokenizing the two halves gives exactly the ids of the whole."""
+    non-space), so tokenizing the two halves gives exactly the ids of the whole (for any byte-level
+    BPE with GPT-2's split, as `gptjax tokenizer train` writes; other Hugging Face kinds may differ
+    at the cut, once per data.chunk_chars of one document)."""
     at = max(text.rfind(" ", 1, limit), text.rfind("\n", 1, limit))
     while at > 0 and text[at - 1].isspace():
         at = max(text.rfind(" ", 1, at), text.rfind("\n", 1, at))
@@ -137,6 +153,18 @@ def encode_gpt2(chunk: list[Piece]) -> Encoded:
     return _encoded(chunk, np.concatenate(list(parts)).astype(np.uint16), lengths)
 
 
+def encode_hf(chunk: list[Piece], path: str, digest: str) -> Encoded:
+    """Token ids of a chunk under a Hugging Face tokenizer, each document ending with its
+    end-of-text token when it has one (else documents simply follow each other)."""
+    tok = hf_tokenizer.cached(path, digest)
+    ids = tok.encode_batch([text for _, text, _, _ in chunk])
+    ends = [piece[3] and tok.eot_id is not None for piece in chunk]
+    flat = itertools.chain.from_iterable((a, (tok.eot_id,)) if end else (a,) for a, end in zip(ids, ends))
+    lengths = np.fromiter((len(a) + end for a, end in zip(ids, ends)), dtype=np.int64, count=len(chunk))
+    return _encoded(chunk, np.fromiter(itertools.chain.from_iterable(flat), dtype=np.uint32,
+                                       count=int(lengths.sum())), lengths)
+
+
 def encode_chars(chunk: list[Piece], codepoints: np.ndarray) -> Encoded:
     """Char ids of a chunk; documents after the first start with a newline, as if joined by one."""
     texts = ["\n" * (first and doc > 0) + text for doc, text, first, _ in chunk]
@@ -168,16 +196,32 @@ def ordered_map(fn, items: Iterable, workers: int) -> Iterator:
     # spawn, not fork: the caller may hold JAX's threads, which a forked child would inherit broken.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_exit_with_parent, initargs=(os.getpid(),))
+    done = 0
     try:
         pending = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
+                done += 1
         while pending:
             yield pending.popleft().result()
+            done += 1
+    except BrokenProcessPool:
+        raise DataError(_why_workers_stopped(started=done > 0)) from None
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _why_workers_stopped(started: bool) -> str:
+    """Workers that leave before any result are, almost always, ones that re-ran the user's script (spawn
+    imports __main__ again: gptjax.data.dataset stops such a worker before it waits on the cache lock)."""
+    script = getattr(sys.modules["__main__"], "__file__", None)
+    if script and not started:
+        return (f"data preparation's worker processes stopped: each starts by running {script} again, which "
+                f"calls gptjax again; put the script's calls under `if __name__ == \"__main__\":` "
+                f"(or set data.num_proc=1)")
+    return "data preparation's worker processes stopped (killed, or out of memory?); re-run, or set data.num_proc=1"
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -202,7 +246,7 @@ class Splits:
         val = np.repeat(held_out(enc.docs, self.val_fraction), enc.lengths)
         for name, rows in (("train", ~val), ("val", val)):
             part = enc.ids[rows].astype(self.dtype, copy=False)
-            part.tofile(self.files[name])
+            self.files[name].write(part.data)  # not tofile: a full disk then says so (ENOSPC), not "0 written"
             self.counts[name] += len(part)
 
     def close(self) -> dict:
@@ -223,7 +267,7 @@ class Splits:
         tokens = np.memmap(train, dtype=self.dtype, mode="r")
         with open(val, "wb") as f:
             for start in range(n - n_val, n, 1 << 24):
-                tokens[start:min(start + (1 << 24), n)].tofile(f)
+                f.write(np.ascontiguousarray(tokens[start:min(start + (1 << 24), n)]).data)
         del tokens
         os.truncate(train, (n - n_val) * self.dtype.itemsize)
         self.counts = {"train": n - n_val, "val": n_val}
@@ -240,8 +284,12 @@ def build(cfg: DataConfig, src: Source, scratch: Path, progress=None) -> dict:
         # One process: numpy encodes characters faster than a pool could be sent them.
         encode, cut, workers = functools.partial(encode_chars, codepoints=codepoints), (lambda text, limit: limit), 1
         t0 = time.perf_counter()  # the ETA of this second pass is its own
-    else:
+    elif cfg.tokenizer == "gpt2":
         tok, encode, cut = tokenizers.GPT2Tokenizer(), encode_gpt2, bpe_cut
+    else:
+        tok = tokenizers.load_path(cfg.tokenizer)
+        # Workers load the file themselves (once each) rather than receive it with every chunk.
+        encode, cut = functools.partial(encode_hf, path=cfg.tokenizer, digest=tok.digest), bpe_cut
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     splits = Splits(scratch, dtype, cfg.val_fraction)
     docs = chars = 0

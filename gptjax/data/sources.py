@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import gzip
 import io
@@ -82,10 +83,10 @@ def loader_of(path: Path) -> str | None:
     return LOADERS.get(suffixes[-1]) if suffixes else None
 
 
-def identity(src: Source) -> list:
-    """What the cache key hashes. Local shards: path, size and mtime_ns, so a corpus of thousands of
-    shards is keyed at every start without reading it (a content hash re-reads the whole corpus);
-    any rewrite through ordinary tools changes mtime. The built-in text is small: its content."""
+def stat_identity(src: Source) -> list:
+    """How gptjax before 2026-12 pinned a source in a run's inputs.json (path, size and mtime_ns of each
+    shard; the built-in text's content): kept only to resume those runs. Data is now pinned by content
+    (gptjax.data.digests)."""
     if src.kind == "builtin":
         return [src.kind, _sha256(src.paths[0])]
     if src.kind == "hf":
@@ -103,25 +104,67 @@ def documents(src: Source, text_field: str, block_chars: int) -> Iterator[Iterat
     """Each document as an iterator of text fragments of at most about `block_chars`, so a
     one-document 10 GB .txt file streams like many small documents."""
     if src.kind == "hf":
-        yield from _rows(_hub(src.spec), text_field, src.spec)
+        yield from _rows(lambda: _hub(src.spec), text_field, src.spec)
         return
     for path in src.paths:
         if loader_of(path) == "text":
             yield _text_blocks(path, block_chars)
         else:
-            yield from _rows(_local(path), text_field, str(path))
+            yield from _rows(functools.partial(_local, path), text_field, str(path), path)
 
 
 def _text_blocks(path: Path, block_chars: int) -> Iterator[str]:
-    raw = _open_binary(path)
     try:
-        with io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+        with io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="") as f:
             while block := f.read(block_chars):
                 yield block
-    except UnicodeDecodeError as e:
-        raise DataError(f"dataset {str(path)!r} is not UTF-8 text ({e.reason}); re-encode it as UTF-8") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read shard {str(path)!r}: {e}; replace or remove the file") from None
+        # zstd's stream reader stops quietly where a cut file ends: only a look at its frames tells.
+        problem = _decompression_problem(path) if path.suffix.lower() == ".zst" else None
+    except UnicodeDecodeError as e:  # a cut inside a character reads as bad UTF-8 too
+        problem = _decompression_problem(path)
+        if not problem:
+            raise DataError(f"dataset {str(path)!r} is not UTF-8 text ({e.reason}); re-encode it as UTF-8") from None
+    except (OSError, EOFError, _ZSTD_ERROR) as e:
+        problem = first_line(e)
+    if problem:
+        raise DataError(f"cannot read shard {str(path)!r}: {problem}; replace or remove the file")
+
+
+def _decompression_problem(path: Path) -> str | None:
+    """Why a compressed shard cannot be decompressed (truncated, not .gz/.zst at all), or None. Only
+    asked once a reader has failed: `datasets` reports these as a bare EOFError or StopIteration."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+        elif suffix == ".zst" and not _zstd_frames_end(path):
+            return "damaged .zst file (it ends inside a frame: cut short?)"
+    except (OSError, EOFError, _ZSTD_ERROR) as e:
+        return f"damaged {suffix} file ({first_line(e)})"
+    return None
+
+
+def _zstd_frames_end(path: Path) -> bool:
+    """Whether every zstd frame in the file is complete (a stream reader stops quietly at a cut)."""
+    import zstandard
+
+    d, fed = zstandard.ZstdDecompressor().decompressobj(), False
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            while block:
+                d.decompress(block)
+                fed, block = True, b""
+                if d.eof:  # the next frame, if any, starts in what this one left over
+                    block, d, fed = d.unused_data, zstandard.ZstdDecompressor().decompressobj(), False
+    return not fed or d.eof
+
+
+try:
+    from zstandard import ZstdError as _ZSTD_ERROR
+except ImportError:  # no zstandard: no .zst shard gets this far
+    _ZSTD_ERROR = OSError
 
 
 def _open_binary(path: Path):
@@ -155,10 +198,12 @@ def _quiet(datasets) -> None:
     datasets.logging.set_verbosity_error()
 
 
-def _rows(ds, text_field: str, name: str) -> Iterator[Iterator[str]]:
-    """Documents of a `datasets` stream; any reader failure becomes one line naming the shard."""
+def _rows(open_stream, text_field: str, name: str, path: Path | None = None) -> Iterator[Iterator[str]]:
+    """Documents of a `datasets` stream; any reader failure (opening it reads its first rows) becomes one
+    line naming the shard."""
     row = 0
     try:
+        ds = open_stream()
         if ds.column_names is not None and text_field not in ds.column_names:
             raise DataError(f"dataset {name!r} has no column {text_field!r} (columns: "
                             f"{', '.join(ds.column_names)}); set data.text_field")
@@ -173,8 +218,8 @@ def _rows(ds, text_field: str, name: str) -> Iterator[Iterator[str]]:
     except UserError:
         raise
     except Exception as e:  # datasets wraps reader errors; report the root cause in one line
-        raise DataError(f"cannot load dataset {name!r} (at row {row}): {_root_cause(e)}; "
-                        f"replace or remove the file") from None
+        cause = (_decompression_problem(path) if path else None) or _root_cause(e)
+        raise DataError(f"cannot load dataset {name!r} (at row {row}): {cause}; replace or remove the file") from None
 
 
 def _root_cause(e: BaseException) -> str:

@@ -19,6 +19,7 @@ from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from gptjax.errors import UserError
+from gptjax.files import ReadError, read_json
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GPT2_RANKS = ASSETS / "gpt2.tiktoken"
@@ -29,6 +30,10 @@ GPT2_VOCAB = 50257
 
 class TokenizerError(UserError):
     """Text the tokenizer cannot handle, or a broken tokenizer file."""
+
+
+class UnsupportedTokenizer(TokenizerError):
+    """A well-formed tokenizer file of a kind gptjax does not use."""
 
 
 class CharTokenizer:
@@ -148,11 +153,21 @@ def gpt2_encoding() -> tiktoken.Encoding:
 
 # Far above any real vocabulary, far below what would exhaust memory when an embedding is sized by it.
 MAX_VOCAB = 1 << 24
+MAX_FILE_BYTES = 256 << 20  # a char list of MAX_VOCAB characters, or a large Hugging Face tokenizer.json
 
 
 def from_json(spec):
     """The tokenizer a tokenizer.json describes, every field checked (the file may be damaged or hostile)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind is None and isinstance(spec, dict) and "model" in spec:  # a Hugging Face tokenizer.json
+        from gptjax.data import hf_tokenizer
+
+        try:
+            return hf_tokenizer.HFTokenizer(spec)
+        except hf_tokenizer.UnsupportedKind as e:
+            raise UnsupportedTokenizer(str(e)) from None
+        except hf_tokenizer.HFTokenizerError as e:
+            raise TokenizerError(str(e)) from None
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "char":
@@ -170,12 +185,48 @@ def from_json(spec):
 
 
 def load(path: Path):
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read tokenizer file {path}: {str(e)[:120]}; restore it from the run's "
+    try:  # bounded: a FIFO in its place would block, 20,000 nested `[` would overflow the parser
+        spec = read_json(path, max_bytes=MAX_FILE_BYTES)
+    except (OSError, ReadError) as e:
+        raise TokenizerError(f"cannot read tokenizer file {path}: {str(e)[:160]}; restore it from the run's "
                              f"source, or retrain") from None
     try:
         return from_json(spec)
+    except UnsupportedTokenizer as e:
+        raise TokenizerError(f"tokenizer file {path} cannot be used: {e}") from None
     except TokenizerError as e:
         raise TokenizerError(f"tokenizer file {path} is damaged: {e}") from None
+
+
+# data.tokenizer may also name a Hugging Face tokenizer.json (hf_tokenizer.py): the run keeps that file itself.
+BUILT_IN = ("char", "gpt2")
+
+
+def is_path(name: str) -> bool:
+    """Whether a data.tokenizer value names a file (or a folder holding tokenizer.json) rather than a kind."""
+    return name not in BUILT_IN
+
+
+def file_of(name: str) -> Path:
+    path = Path(name).expanduser()
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def load_path(name: str):
+    """The tokenizer in the file data.tokenizer names, refused in one line if missing, damaged or unusable."""
+    path = file_of(name)
+    if not path.is_file():
+        raise TokenizerError(f"data.tokenizer file {str(path)!r} not found; data.tokenizer takes char, gpt2, or the "
+                             f"path of a tokenizer.json (gptjax tokenizer train writes one)")
+    return load(path)
+
+
+def identity(name: str) -> str:
+    """What a data cache key records of the tokenizer: its kind, or a file's content digest (so an edited
+    or retrained file gets its own cache entry and the same file under another path shares one)."""
+    if not is_path(name):
+        return name
+    from gptjax.data import hf_tokenizer
+
+    tok = load_path(name)
+    return f"sha256:{hf_tokenizer.spec_digest(tok.to_json())}"

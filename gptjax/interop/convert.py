@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -41,9 +42,25 @@ def as_state(abstract: nnx.State, params: dict) -> nnx.State:
     return state
 
 
+def check_target(path: Path, name: str) -> None:
+    """A folder the command may write in (or make), checked before anything is read: not a file, writable."""
+    if path.exists() and not path.is_dir():
+        raise ConvertError(f"{name} {path} is a file, not a folder; give a new folder")
+    probe = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if not probe.is_dir():
+        raise ConvertError(f"{name} {path} cannot be made: {probe} is a file, not a folder; give another folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):  # unnamed: leaves no trace
+            pass
+    except OSError as e:
+        raise ConvertError(f"{name} {path} is not writable ({e.strerror or e} in {probe}); "
+                           f"give a folder you can write") from None
+
+
 def from_hf(spec: str, run_dir: str | Path) -> Path:
     """Write a run directory (config, tokenizer, weights-only step-0 checkpoint) for a HF GPT-2."""
     run_dir = Path(run_dir)
+    check_target(run_dir, "RUN_DIR")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConvertError(f"{run_dir} exists and is not empty; give a new RUN_DIR so no run is overwritten")
     src = hf.locate(spec)
@@ -55,19 +72,18 @@ def from_hf(spec: str, run_dir: str | Path) -> Path:
     abstract = nnx.state(abstract_model(cfg.model), nnx.Param)
     meta = {"step": 0, "rng": np.asarray(initial_rng(cfg.train.seed)).tolist(), "config": cfg.to_dict(),
             "val_loss": None, "train_loss": None, "opt_state": False, "converted_from": str(spec)}
-    runs.write_run_files(run_dir, cfg, tok)
-    ckpts = Checkpoints(run_dir)
-    try:
-        ckpts.save(0, as_state(abstract, params), None, meta, None)
-    finally:
-        ckpts.close()
+    with runs.scratch_dir(run_dir) as scratch:  # a refused weight (NaN) leaves no half-written run
+        runs.write_run_files(scratch, cfg, tok)
+        with Checkpoints(scratch) as ckpts:
+            ckpts.save(0, as_state(abstract, params), None, meta, None)
     return run_dir
 
 
 def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -> Path:
     """Write a run's checkpoint as config.json + model.safetensors for transformers' GPT2LMHeadModel."""
-    run = runs.load(run_dir, step)
     out = Path(out)
+    check_target(out, "OUT")  # before the run's weights are read
+    run = runs.load(run_dir, step)
     if (out / runs.CONFIG_FILE).exists():
         raise ConvertError(f"{out} is a gptjax run directory; give a separate OUT folder for the Hugging Face files")
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(run.params))
@@ -76,7 +92,7 @@ def to_hf(run_dir: str | Path, out: str | Path, step: int | str | None = None) -
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gptjax convert", description=__doc__,
+    parser = errors.ArgumentParser(prog="gptjax convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -16,11 +16,14 @@ import numpy as np
 
 from gptjax.config import ModelConfig
 from gptjax.errors import UserError, first_line
+from gptjax.files import ReadError, read_json
 
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_VOCAB = 50257
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+# config.json's sizes and GPT-2's defaults for those it leaves out.
+SIZES = {"vocab_size": GPT2_VOCAB, "n_positions": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 # Causal-mask buffers that older files store beside the weights; gptjax builds its mask itself.
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # GPT-2 settings gptjax's model hard-codes: (key, accepted values, what gptjax does).
@@ -45,12 +48,22 @@ def model_config(hf: dict, where: Path | str) -> ModelConfig:
         if value not in accepted:
             raise ConvertError(f"{where}: config.json has {key}={value!r}, but gptjax's GPT-2 uses {meaning}; "
                                f"this checkpoint cannot be reproduced exactly")
-    n_embd = hf.get("n_embd", 768)
-    if hf.get("n_inner") not in (None, 4 * n_embd):
+    sizes = {key: _size(hf, key, default, where) for key, default in SIZES.items()}
+    n_embd = sizes["n_embd"]
+    if hf.get("n_inner") is not None and _size(hf, "n_inner", None, where) != 4 * n_embd:
         raise ConvertError(f"{where}: config.json has n_inner={hf['n_inner']}, "
                            f"but gptjax's MLP is 4*n_embd={4 * n_embd}")
-    return ModelConfig(n_vocab=hf.get("vocab_size", GPT2_VOCAB), n_ctx=hf.get("n_positions", 1024), n_embd=n_embd,
-                       n_head=hf.get("n_head", 12), n_layer=hf.get("n_layer", 12), dropout=0.0, bias=True)
+    return ModelConfig(n_vocab=sizes["vocab_size"], n_ctx=sizes["n_positions"], n_embd=n_embd,
+                       n_head=sizes["n_head"], n_layer=sizes["n_layer"], dropout=0.0, bias=True)
+
+
+def _size(hf: dict, key: str, default: int | None, where) -> int:
+    """A size from config.json: a positive integer (not "32", 2.0, true or [2], which JSON allows)."""
+    value = hf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConvertError(f"{where}: config.json has {key}={json.dumps(value)[:40]}, but it must be a positive "
+                           f"integer; fix config.json")
+    return value
 
 
 def hf_config(cfg: ModelConfig, eos_id: int | None) -> dict:
@@ -74,6 +87,9 @@ def to_params(tensors: dict[str, np.ndarray], cfg: ModelConfig, where: Path | st
         array = left.pop(name)
         if array.shape != shape:
             raise ConvertError(f"{where}: {name} has shape {array.shape}, but config.json implies {shape}")
+        if array.dtype.kind != "f":  # int8, bool: quantized or not weights at all; a cast would invent values
+            raise ConvertError(f"{where}: {name} holds {array.dtype} values; only float weights convert "
+                               f"(float16, bfloat16, float32, float64, each widened to float32 exactly)")
         return np.asarray(array, np.float32)  # float32 stays the same array: bit-exact
 
     D = cfg.n_embd
@@ -146,13 +162,13 @@ def locate(spec: str) -> Path:
 
 
 def load_config(src: Path) -> dict:
-    try:
-        hf = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    try:  # bounded: a FIFO in its place would block, 20,000 nested `[` would overflow the parser
+        hf = read_json(src / "config.json")
     except FileNotFoundError:
         raise ConvertError(f"{src} has no config.json; give a Hugging Face GPT-2 folder (config.json + "
                            f"model.safetensors)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{src / 'config.json'} cannot be read: {e}") from None
+    except (OSError, ReadError) as e:
+        raise ConvertError(f"{src / 'config.json'} cannot be read: {e}; restore it from the model's source") from None
     if not isinstance(hf, dict):
         raise ConvertError(f"{src / 'config.json'} is not a JSON object")
     return hf
@@ -173,8 +189,8 @@ def read_tensors(src: Path) -> dict[str, np.ndarray]:
 def _shards(src: Path, index: str) -> list[Path]:
     """The shard files an index names, all inside `src`: a path out of it (absolute, ../) is refused."""
     try:
-        weight_map = json.loads((src / index).read_text(encoding="utf-8")).get("weight_map")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        weight_map = read_json(src / index, max_bytes=64 << 20).get("weight_map")
+    except (OSError, ReadError, AttributeError) as e:
         raise ConvertError(f"{src / index} cannot be read as a shard index: {str(e)[:120]}") from None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise ConvertError(f"{src / index} has no \"weight_map\" of tensor names to shard files; "
@@ -208,10 +224,22 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         # weights_only: the unpickler accepts tensors and plain containers, never arbitrary code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConvertError(f"cannot read {path} as a tensor file: {first_line(e)}") from None
+        raise ConvertError(f"cannot read {path} as a tensor file: {_torch_reason(e)}") from None
+    if not isinstance(state, dict):
+        raise ConvertError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors; "
+                           f"give a GPT-2 checkpoint saved with torch.save(model.state_dict())")
     # numpy has no bfloat16: widen it (other dtypes become float32 later, in to_params).
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()
             if isinstance(v, torch.Tensor)}
+
+
+def _torch_reason(e: Exception) -> str:
+    """Why torch.load refused, without its advice to load with weights_only=False (which runs the file's code)."""
+    if "weights_only" not in str(e):
+        return first_line(e)
+    what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+    return (f"it holds objects other than tensors, which gptjax never unpickles{f' ({what})' if what else ''}; "
+            f"get the model as model.safetensors from a source you trust")
 
 
 def write(out: Path, cfg: ModelConfig, params: dict, eos_id: int | None) -> None:

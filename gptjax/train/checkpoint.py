@@ -1,8 +1,9 @@
 """Checkpoints: an orbax CheckpointManager holding the named bundle {params, opt_state, meta}.
 
 `meta` is JSON: step, RNG key, resolved config, val loss, and a checksum of each array
-item. The step fixes the rest of what the next update depends on: the data order is a
-pure function of (seed, step), the learning-rate schedule reads the optimizer's count.
+item and of the meta itself (a folder whose name is not its meta's step counts as damaged).
+The step fixes the rest of what the next update depends on: the data order is a pure
+function of (seed, step), the learning-rate schedule reads the optimizer's count.
 Restores go into abstract targets (shapes, dtypes and shardings), so a checkpoint lands
 on whatever mesh is current.
 
@@ -11,10 +12,17 @@ a kill mid-save leaves the previous checkpoint as the latest (the leftover folde
 removed when training restarts). A checksum is taken before saving and checked after
 restoring, so bytes damaged on disk fail loudly instead of loading silently, and a
 non-finite state is never saved.
+
+Which checkpoints stay: the `keep` latest and the best by val loss. Orbax only remembers the
+val losses of the steps this process saved, so those of earlier runs of the command are
+read from their meta when the folder is opened: a resume never deletes the best.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -62,6 +70,37 @@ def _reason(e: Exception) -> str:
     return text.split(". See full", 1)[0].split(" See full", 1)[0].strip(" '\"")[:200]
 
 
+def meta_checksum(meta: dict) -> str:
+    """sha256 of the meta as saved, less this checksum itself."""
+    rest = {**meta, "checksums": {k: v for k, v in (meta.get("checksums") or {}).items() if k != "meta"}}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class KeepBest(policies.PreservationPolicy):
+    """Keep the step with the lowest val loss: orbax's metrics where it has them, else `known` (read from meta)."""
+    known: dict[int, float]
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        scored = [(loss, i) for i, c in enumerate(checkpoints)
+                  if (loss := (c.metrics or {}).get("val_loss", self.known.get(c.step))) is not None]
+        best = min(scored)[1] if scored else None
+        return [i == best for i in range(len(checkpoints))]
+
+
+def _check_meta(meta, step: int, where: Path) -> None:
+    """A meta edited or moved since it was saved is damage: its step and config steer the resumed run."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("checksums") or {}, dict):
+        raise CheckpointError(f"checkpoint {where} is damaged: its meta is not a JSON object")
+    expected = (meta.get("checksums") or {}).get("meta")
+    if expected is not None and meta_checksum(meta) != expected:
+        raise CheckpointError(f"checkpoint {where} is damaged: its meta (step, config, RNG key) does not match "
+                              f"the checksum taken when it was saved")
+    if meta.get("step") != step:
+        raise CheckpointError(f"checkpoint {where} holds step {meta.get('step')!r}, not {step} (its folder was "
+                              f"renamed or its meta edited); name it after its own step, or move it aside")
+
+
 class Checkpoints:
     def __init__(self, run_dir: Path, keep: int = 2, read_only: bool = False):
         self.run_dir = Path(run_dir).resolve()
@@ -70,14 +109,29 @@ class Checkpoints:
         self.manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
-        keep_latest = policies.LatestN(n=self.keep)
-        keep_best = policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
-                                   keep_checkpoints_without_metrics=False)
+        keep_best = KeepBest({})
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy([keep_latest, keep_best]),
+            preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=self.keep), keep_best]),
+            best_fn=lambda m: m["val_loss"], best_mode="min",  # so orbax writes each step's metrics too
             create=not self.read_only, read_only=self.read_only, enable_async_checkpointing=True,
             cleanup_tmp_directories=not self.read_only)
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+        manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+        if not self.read_only:
+            keep_best.known.update(self._val_losses(manager))
+        return manager
+
+    def _val_losses(self, manager: ocp.CheckpointManager) -> dict[int, float]:
+        """Val losses of the steps saved before, by their meta (runs before orbax's metrics were written have
+        only that); a step whose meta cannot be read competes for nothing."""
+        losses = {}
+        for step in manager.all_steps():
+            try:
+                loss = self._read_meta(manager, step).get("val_loss")
+            except CheckpointError:
+                continue
+            if loss is not None:
+                losses[step] = loss
+        return losses
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -95,7 +149,9 @@ class Checkpoints:
                 raise CheckpointError(f"refusing to save step {step}: its {name} hold non-finite values")
             checksums[name] = int(checksum)
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
-        args = ocp.args.Composite(**items, meta=ocp.args.JsonSave({**meta, "checksums": checksums}))
+        meta = {**meta, "step": step, "checksums": checksums}
+        meta["checksums"]["meta"] = meta_checksum(meta)
+        args = ocp.args.Composite(**items, meta=ocp.args.JsonSave(meta))
         try:
             self.manager.save(step, args=args, metrics=None if val_loss is None else {"val_loss": val_loss})
         except Exception as e:  # this save, or the one before it still being written in the background
@@ -111,6 +167,7 @@ class Checkpoints:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for damaged or mismatched files
             raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be restored: {_reason(e)}") from None
+        _check_meta(restored.meta, step, self.directory / str(step))
         for name in items.keys() - {"meta"}:
             expected = (restored.meta.get("checksums") or {}).get(name)
             if expected is not None and int(digest(restored[name])[0]) != expected:
@@ -119,12 +176,30 @@ class Checkpoints:
         return restored.params, restored.get("opt_state"), restored.meta
 
     def meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        """The step's meta, checked: readable, unchanged since it was saved, and saved as this step."""
+        return self._read_meta(self.manager, step)
+
+    def _read_meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
+        where = self.directory / str(step)
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # a missing, truncated or unparsable file: orbax raises many types
+            raise CheckpointError(f"checkpoint {where} cannot be restored: its meta cannot be read "
+                                  f"({_reason(e)})") from None
+        _check_meta(meta, step, where)
+        return meta
 
     def best_step(self) -> int | None:
-        """The kept step with the lowest val loss (orbax's best_step ignores preservation policies)."""
-        scored = [(meta["val_loss"], step) for step in self.steps()
-                  if (meta := self.meta(step)).get("val_loss") is not None]
+        """The kept step with the lowest val loss (orbax's best_step ignores preservation policies); a step
+        whose meta is damaged is passed over (loading it says why, if asked for by number)."""
+        scored = []
+        for step in self.steps():
+            try:
+                loss = self.meta(step).get("val_loss")
+            except CheckpointError:
+                continue
+            if loss is not None:
+                scored.append((loss, step))
         return min(scored)[1] if scored else None
 
     def set_aside(self, steps: list[int]) -> Path:

@@ -43,15 +43,22 @@ class Source:
     def check_tokenizer(self, data_tokenizer) -> None:
         # Token ids only mean the same thing under the same tokenizer; an ids source has no
         # known tokenizer, so any data whose ids fit its vocabulary is accepted.
-        mine = self.tokenizer.to_json()
-        if self.tokenizer.kind != "ids" and mine != data_tokenizer.to_json():
-            same_kind = mine["kind"] == data_tokenizer.kind
-            what = "a different character set" if same_kind else f"the {mine['kind']} tokenizer"
+        mine = self.tokenizer
+        if mine.kind != "ids" and mine.to_json() != data_tokenizer.to_json():
+            what = _described(mine, same_kind=mine.kind == data_tokenizer.kind)
+            # A Hugging Face file is named by its path: the source run's own copy is the one to use.
+            setting = f"{self.spec}/tokenizer.json" if mine.kind == "hf" else mine.kind
             raise ConfigError(f"train.init_from={self.spec} was trained with {what}, but the data uses "
-                              f"{data_tokenizer.kind}; set data.tokenizer={mine['kind']} (and the same data source)")
+                              f"{data_tokenizer.kind}; set data.tokenizer={setting} (and the same data source)")
 
     def params(self, abstract: nnx.State) -> nnx.State:
         return as_state(abstract, self.load())
+
+
+def _described(tokenizer, same_kind: bool) -> str:
+    if same_kind:
+        return "a different tokenizer.json" if tokenizer.kind == "hf" else "a different character set"
+    return "a Hugging Face tokenizer.json" if tokenizer.kind == "hf" else f"the {tokenizer.kind} tokenizer"
 
 
 def open_source(spec: str) -> Source:

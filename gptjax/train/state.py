@@ -98,8 +98,8 @@ def resume(ckpts: Checkpoints, pieces: Pieces) -> tuple[TrainState | None, int]:
                 _warn(f"{e}; resuming from step {step} instead (the damaged one is kept in {where})")
         return state, step
     if damaged:
-        raise CheckpointError(f"{damaged[0][1]}; no checkpoint of this run restores: move {ckpts.directory} "
-                              f"aside to train from scratch, or use another run.out_dir") from None
+        raise CheckpointError(f"{damaged[0][1]}; no checkpoint of this run restores (all are kept as they are); "
+                              f"use another run.out_dir to train from scratch") from None
     return None, 0
 
 

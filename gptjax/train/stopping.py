@@ -40,3 +40,36 @@ class StopRequests:
         self.signum = signum
         print(f"{signal.Signals(signum).name}: saving a checkpoint before exiting (send it again to exit now)",
               file=sys.stderr, flush=True)
+
+
+class KeptInterrupt:
+    """Ctrl-C before training (while data is prepared): raised at once as usual, and also remembered, so one
+    that Python could not deliver stops the command all the same, at the next `check()` or on leaving.
+
+    Python drops an exception raised inside a gc callback ("Exception ignored in: _xla_gc_callback"): a
+    SIGINT that lands while JAX's callback runs would otherwise vanish, and training would go on."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = None
+
+    def __enter__(self) -> KeptInterrupt:
+        # Only over Python's own handler: an ignored SIGINT (nohup, `&`) or a caller's handler stays as it is.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    def __exit__(self, _kind, value, _tb) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.signum is not None and not isinstance(value, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # instead of returning, or of what the interrupt broke (a pool)

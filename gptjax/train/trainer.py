@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import sys
 from pathlib import Path
 
 import jax
 
-from gptjax import data, sharding
+from gptjax import data, errors, sharding
 from gptjax.config import Config, ConfigError
 from gptjax.train import finetune
 from gptjax.train.checkpoint import CHECKPOINT_DIR, Checkpoints
@@ -19,18 +18,28 @@ from gptjax.train.loop import Loop, TrainingError, eval_batch, evaluate, train_b
 from gptjax.train.runs import RunError, check_disk_space, check_memory, check_run_dir, lock, write_run_files
 from gptjax.train.state import Pieces, build, init_state, restore_state, resume, save, state_bytes  # noqa: F401
 from gptjax.train.step import TrainState
-from gptjax.train.stopping import StopRequests
+from gptjax.train.stopping import KeptInterrupt, StopRequests
 from gptjax.train.tracking import Tracker
 
 
 def show_data_progress(p: data.Progress) -> None:
-    """Data preparation's progress bar on stderr, redrawn in place."""
-    print(f"\r{p.line()}", end="\n" if p.stage == "done" else "", file=sys.stderr, flush=True)
+    """Data preparation's progress bar on stderr, redrawn in place; a note gets its own line."""
+    errors.show_progress(p.line(), done=p.stage in ("done", "note"))
+
+
+def prepare_data(cfg: Config) -> data.Dataset:
+    """The run's data, prepared (or read from the cache) with Ctrl-C kept: it always stops the command."""
+    with KeptInterrupt() as interrupt:
+        def progress(p: data.Progress) -> None:
+            interrupt.check()
+            if jax.process_index() == 0:
+                show_data_progress(p)
+        return data.prepare(cfg.data, progress=progress)
 
 
 def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
-    ds = data.prepare(cfg.data, progress=show_data_progress if jax.process_index() == 0 else None)
+    ds = prepare_data(cfg)
     cfg = cfg.resolve_vocab(ds.vocab_size).resolve_steps()  # a compute budget's steps need the vocabulary
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
@@ -105,7 +114,7 @@ def open_run(cfg: Config, ds: data.Dataset, pieces: Pieces, source, closing: con
     if not resumed:  # a started run resumes, whatever train.init_from says
         state = init_state(cfg, pieces, source.params(pieces.abstract_state.params) if source else None)
     if sharding.is_main_process():
-        write_run_files(run_dir, cfg, ds.tokenizer, ds.meta.get("source_id"))
+        write_run_files(run_dir, cfg, ds.tokenizer, ds.meta.get("source_sha256"))
     ckpts = ckpts or closing.enter_context(Checkpoints(run_dir, cfg.run.keep_checkpoints))
     if not progress:
         cfg = cfg.replace(run={"progress": False})
