@@ -106,3 +106,18 @@ def test_heatmap_says_when_its_colours_are_zoomed(tmp_path):
     assert "colour range zoomed to a spread of 0.0" in texts[0]
     mean, half = stats.t_interval(spec[1, 1])
     assert f"{mean:.3f}\n± {half:.3f}" in texts  # every cell annotated: mean and interval
+
+
+def test_points_with_different_tokenizers_are_compared_by_bits_per_byte():
+    char, bpe = (config.load("tiny", [f"data.tokenizer={t}"]) for t in ("char", "gpt2"))
+    runs = [report.RunResult(None, cfg.replace(train={"seed": 1337 + i}), 6, loss, loss, None, None, [(0, loss)],
+                             best_val_bpb=bpb, final_val_bpb=bpb)
+            for cfg, loss, bpb in ((char, 1.5, 2.2), (char, 1.6, 2.3), (bpe, 4.5, 2.0), (bpe, 4.4, 1.9))
+            for i in range(1)]
+    metric, said = report.choose_metric(runs)
+    assert metric == "val_bpb" and said[0].startswith("Compared by val bits per byte, not val loss: the points' "
+                                                     "tokenizers differ (char, gpt2)")
+    runs[0].best_val_bpb = float("nan")  # a run without val_bpb: loss it is, with a warning
+    metric, said = report.choose_metric(runs)
+    assert metric == "val_loss" and "not comparable across tokenizers" in said[0]
+    assert report.choose_metric(runs[:2]) == ("val_loss", [])
