@@ -73,10 +73,11 @@ def test_the_command_line_says_one_error_line(tmp_path):
     assert "train.flops_budget" in helped and "train.tokens_per_param" in helped
 
 
-def test_a_budgeted_run_trains_its_steps_and_counts_tokens_and_flops(tiny, tmp_path):
+def test_a_budgeted_run_trains_its_steps_and_counts_tokens_and_flops(tiny, tmp_path, capsys):
     plain = resolved(tiny())
     per_token, per_step = plain.model.flops_per_token(), plain.tokens_per_step
     trainer.train(tiny(f"train.flops_budget={15.5 * per_token * per_step!r}"))
+    assert f"budget: 15 steps x 256 tokens x {per_token:,} FLOPs per token" in capsys.readouterr().err
     run = runs.load_config(tmp_path / "run")
     assert run.train.steps == 15 and run.train.flops_budget == 15.5 * per_token * per_step
     assert float(optim.schedule(run.train)(15)) == pytest.approx(run.train.min_lr)  # decayed over its own 15 steps

@@ -54,7 +54,7 @@ def test_inf_lr_is_caught_at_its_step_and_the_newest_checkpoint_stays_finite(bas
     ckpts.close()
     params, opt_state, _ = restore(run, 6)
     assert bool(digest(params)[1]) and bool(digest(opt_state)[1])
-    assert max(r["step"] for r in read_metrics(run)) == 6
+    assert max(r["step"] for r in read_metrics(run)) == 5  # row 6 would describe the update that failed
 
 
 def test_skip_keeps_the_state_of_the_last_good_step(base, tmp_path):
@@ -72,7 +72,7 @@ def test_rollback_retries_once_then_stops(base, tmp_path):
     run, cfg = resume(base, tmp_path, "train.lr=1e39", "train.steps=10", "train.on_nonfinite=rollback")
     with pytest.raises(trainer.TrainingError, match="at step 7 .*again after rolling back"):
         trainer.train(cfg)
-    assert max(r["step"] for r in read_metrics(run)) == 6
+    assert max(r["step"] for r in read_metrics(run)) == 5
 
 
 def test_rollback_from_a_transient_fault_ends_where_a_clean_run_does(base, tmp_path, monkeypatch):
@@ -105,5 +105,6 @@ def test_rollback_from_a_transient_fault_ends_where_a_clean_run_does(base, tmp_p
 
 
 def test_grad_norm_and_update_ratio_are_logged(base):
-    rows = [r for r in read_metrics(base) if r["step"] > 0]
+    # Row 0's update has warmup's lr of 0; the last row has no update after it.
+    rows = [r for r in read_metrics(base) if r["step"] > 0 and "lr" in r]
     assert rows and all(r["grad_norm"] > 0 and 0 < r["update_ratio"] < 1 for r in rows)

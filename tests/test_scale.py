@@ -131,9 +131,9 @@ def test_batch_that_does_not_split_over_the_devices_is_one_clear_error(eight):
 def test_two_processes_on_loopback_match_one_process_on_four_devices(eight, tmp_path):
     port, run, steps = free_port(), tmp_path / "two", 3
     outs = finish(*two_processes(run, f"train.steps={steps}", port=port))
-    rows = [r for r in read_metrics(run) if r["step"] > 0]  # training steps, not the step-0 evaluation
-    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # one writer: no line twice
-    np.testing.assert_allclose([r["train_loss"] for r in rows], eight["losses"]["four_devices"][:steps],
+    rows = read_metrics(run)  # row k: batch k's loss at the parameters after k updates (the last measured alone)
+    assert [r["step"] for r in rows] == list(range(steps + 1))  # one writer: no line twice
+    np.testing.assert_allclose([r["train_loss"] for r in rows], eight["losses"]["four_devices"][:steps + 1],
                                rtol=0, atol=1e-5)
     assert "done: step 3" in outs[0] and "done" not in outs[1]  # only process 0 reports
     assert (run / "checkpoints" / str(steps) / "commit_success.txt").is_file()  # the collective save completed
@@ -150,9 +150,9 @@ def test_checkpoint_saved_on_8_devices_resumes_on_1_and_on_4(eight, tmp_path):
            *two_processes(runs[4], f"train.steps={STEPS}"))
     uninterrupted = eight["losses"]["fsdp8"][SAVE_AT:]
     for devices, run in runs.items():
-        rows = [r for r in read_metrics(run) if r["step"] > 0]  # training steps, not the step-0 evaluation
-        assert [r["step"] for r in rows] == list(range(SAVE_AT + 1, STEPS + 1)), devices  # resumed, not restarted
-        np.testing.assert_allclose([r["train_loss"] for r in rows], uninterrupted, rtol=0, atol=1e-5,
+        rows = read_metrics(run)  # row k: the update from the parameters after k updates, the checkpoint's first
+        assert [r["step"] for r in rows] == list(range(SAVE_AT, STEPS + 1)), devices  # resumed, not restarted
+        np.testing.assert_allclose([r["train_loss"] for r in rows[:-1]], uninterrupted, rtol=0, atol=1e-5,
                                    err_msg=f"resumed on {devices} devices")
 
 

@@ -120,7 +120,8 @@ print(json.dumps({"devices": jax.device_count(), "single_run": mesh.size,
 def test_a_non_finite_stack_names_its_seeds_and_stops_as_one_run_would(tmp_path):
     base = config.load("tiny", ["train.lr=1e39", "train.steps=4", "train.log_every=2", "train.eval_every=4",
                                 f"run.out_dir={tmp_path}"])
-    with pytest.raises(TrainingError, match=r"non-finite loss or gradients at step 1 \(and 1 more steps up to 2\) "
+    # Row 0 is written once its update (the one that made step 1's parameters) is checked: it is not.
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradients at step 1 "
                                             r"in seed seed=0, seed=1; training stopped and no checkpoint was saved"):
         seeds.train(seeds.seed_configs(base, 2))
-    assert [max(curves(tmp_path / f"seed={i}")) for i in range(2)] == [0, 0]  # nothing after step 0 was logged
+    assert [curves(tmp_path / f"seed={i}") for i in range(2)] == [{}, {}]

@@ -63,6 +63,9 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
     part = tiny(*common, f"run.out_dir={tmp_path / 'part'}")
     trainer.train(part.replace(train={"steps": 10}))
     assert Checkpoints(tmp_path / "part").latest_step() == 10
+    _, _, _, pieces = setup(part)
+    with Checkpoints(tmp_path / "part") as ckpts:  # from the newest (an older one would redo steps unseen)
+        assert trainer.resume(ckpts, pieces)[1] == 10
     trainer.train(part)
     a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "part")
     assert [m["step"] for m in b] == list(range(21))  # no step missing, none twice
@@ -78,8 +81,9 @@ def test_run_directory_layout_and_metrics(tiny, tmp_path):
     assert {"config.yaml", "tokenizer.json", "metrics.jsonl", "checkpoints"} <= {p.name for p in run.iterdir()}
     rows = read_metrics(run)
     assert rows[0]["step"] == 0 and abs(rows[0]["val_loss"] - np.log(65)) < 0.1
-    for row in rows[1:]:
+    for row in rows[1:-1]:
         assert {"step", "train_loss", "lr", "tokens_per_sec", "grad_norm"} <= row.keys()
+    assert {"train_loss", "tokens_per_sec"} <= rows[-1].keys() and "lr" not in rows[-1]  # no update after it
     assert [r["step"] for r in rows if "val_loss" in r] == [0, 10, 20]
     assert last["step"] == 20 and last["val_loss"] < rows[0]["val_loss"]
     assert sorted(Checkpoints(run).steps()) == [10, 20]

@@ -164,7 +164,7 @@ def test_wandb_online_without_a_key_logs_offline_at_once(tmp_path, monkeypatch, 
     cfg = config.load("tiny", [f"run.out_dir={tmp_path / 'run'}", "run.wandb=online"])
     (tmp_path / "run").mkdir()
     began = time.monotonic()
-    Tracker(tmp_path / "run", cfg, 0, 10, resumed=False).close()
+    Tracker(tmp_path / "run", cfg, 0, 10).close()
     assert time.monotonic() - began < 60  # wandb.init online with no network waits far longer
     assert "run.wandb=online but no wandb API key is set" in capsys.readouterr().out
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))

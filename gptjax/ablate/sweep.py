@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from gptjax import errors
+from gptjax import errors, units
 from gptjax.ablate import grid
 from gptjax.config import Config
 from gptjax.errors import UserError
@@ -184,7 +184,7 @@ def train_all(jobs: list[tuple[grid.Point, int, Config]], together: bool = True)
             print(f"{head}: finished, skipped", flush=True)
             continue
         left = sum(1 for f in todo[group[-1] + 1:] if f)
-        eta = _duration(spent / done * sum(todo[group[0]:])) if done else "after the first run"
+        eta = units.duration(spent / done * sum(todo[group[0]:])) if done else "after the first run"
         starts = sorted({started[k] for k in group}, reverse=True)
         resume = ("training" if starts == [0] else f"resuming from step {starts[0]}" if len(starts) == 1
                   else f"resuming from steps {', '.join(str(started[k]) for k in group)}")
@@ -297,12 +297,6 @@ class WallClock:
         if self.run_dir.is_dir():
             _write_json(self.run_dir / grid.WALL_FILE, {"wall_s": self.before["wall_s"] + self.seconds,
                                                          "sessions": self.before["sessions"] + 1})
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(round(seconds)), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 if __name__ == "__main__":

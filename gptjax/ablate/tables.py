@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+from gptjax import units
 from gptjax.ablate import grid
 
 CSV_FIELDS = ("params", "flops_per_token", "tokens_seen", "flops", "steps", "seeds", "final_val_loss_mean",
@@ -69,7 +70,7 @@ def markdown(report, command: str) -> str:
             f"{r['params']:,}", _si(r["flops"]), _si(r["tokens_seen"]), *cells,
             *([_pm(r["best_val_bpb_mean"], r["best_val_bpb_ci95"])] if bpb else []),
             *([_p(c.p_holm) if c else "—"] if report.one_at_a_time else []),
-            _num(r["tokens_per_sec"], ",.0f"), _wall(r["wall_s"])]) + " |")
+            _num(r["tokens_per_sec"], ",.0f"), units.duration(r["wall_s"])]) + " |")
     seeds = sorted({len(p.runs) for p in report.points})
     spread = ("one seed per point, so no intervals" if seeds == [1] else
               f"mean ± half-width of the 95% t-interval over {'/'.join(map(str, seeds))} seeds")
@@ -149,9 +150,3 @@ def _si(v: float) -> str:
             return f"{v / scale:.3g}{unit}"
     return f"{v:g}"
 
-
-def _wall(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "—"
-    minutes, s = divmod(round(seconds), 60)
-    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"

@@ -24,7 +24,6 @@ from gptjax import data, sharding
 from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError
-from gptjax.train import optim
 from gptjax.train.checkpoint import Checkpoints
 from gptjax.train.state import Pieces, init_state, restore_state, save
 from gptjax.train.step import TrainState
@@ -108,67 +107,84 @@ class Loop:
         self.flops_per_token = cfg.model.flops_per_token()
 
     def run(self, state: TrainState, start: int):
-        t, last = self.cfg.train, {}
-        if start == 0:  # the untrained model, keyed as on every eval step
-            last = self.log_start(state)
-        elif start >= t.steps:
+        """Row k of metrics.jsonl describes the parameters after k updates and the update taken from them
+        (docs/training.md, "metrics.jsonl"), so it is written once that update is done; row train.steps, the
+        last, has no update after it. Checkpoint k is saved before update k, its row after it."""
+        t = self.cfg.train
+        if start >= t.steps:
             self.tracker.message(f"{self.cfg.run.out_dir} is already trained to step {start} (train.steps={t.steps})")
-        step = start
+            return {}
+        step, self.saved = start, start  # self.saved: the checkpoint training stands on, never saved twice
         self.clock.restart()
-        while step < t.steps:
-            state, metrics = self.pieces.train_step(state, *self.batch(step))
-            step += 1
-            self.pending.append((step, metrics.pop("finite")))
-            self.tracker.advance()
-            self.clock.tick(state, first=step == start + 1)
+        while True:
             is_eval = step % t.eval_every == 0 or step == t.steps
-            is_log, is_save = is_eval or step % t.log_every == 0, is_eval or step % t.save_every == 0
             stopping = self.stop.signum is not None  # read once: a signal may land mid-iteration
-            is_save = is_save or stopping
-            if not (is_log or is_save):
-                continue
-            state, back = self.check(state, step)
-            if back is not None:  # rolled back: train those steps again
-                step = back
-                self.clock.restart()
-                continue
-            if is_log:  # before the save: a kill between the two drops this line on resume
-                last = self.log(state, step, metrics, is_eval)
+            is_save = step > self.saved and (is_eval or step % t.save_every == 0 or stopping)
             if is_save:
-                self.save(state, step, last)
+                state, back = self.check(state, step)  # every update before a checkpoint is checked
+                if back is not None:  # rolled back: train those steps again
+                    step = self.saved = back
+                    self.clock.restart()
+                    continue
+            evals = self.eval_row(state, step) if is_eval else {}
+            done = step == t.steps or (is_eval and self.reached_target(evals, step))
+            if done:  # logged before the save: a kill between the two resumes before both
+                last = self.log_final(state, step, evals)
+            if is_save:
+                self.save(state, step, evals)
+                self.saved = step
             if stopping:
                 self.interrupted(step)
-        if self.stop.signum is not None:  # the signal came after the last step: it is saved
-            self.interrupted(step)
-        return last
+            if done:
+                return last
+            state, metrics = self.pieces.train_step(state, *self.batch(step))
+            self.pending.append((step + 1, metrics.pop("finite")))  # named by the parameters it made
+            self.tracker.advance()
+            self.clock.tick(state, first=step == start)
+            if is_eval or step % t.log_every == 0:
+                state, back = self.check(state, step + 1)
+                if back is not None:
+                    step = self.saved = back
+                    self.clock.restart()
+                    continue
+                self.log(state, step, metrics, evals)
+            step += 1
 
     # -- what depends on the runs one state holds (gptjax.train.seeds overrides these) --
 
     def batch(self, step: int):
         return train_batch(self.cfg, self.ds, step, self.mesh)
 
-    def log_start(self, state: TrainState) -> dict:
-        row = {"step": 0, "train_loss": self.first_batch_loss(state), "lr": float(optim.schedule(self.cfg.train)(0)),
-               **self.counted(0), **self.eval_losses(state)}
-        self.tracker.log(0, row)
-        return row
-
-    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> dict:
+    def log(self, state: TrainState, step: int, metrics: dict, evals: dict) -> dict:
+        """Row `step`: the update from step's parameters (metrics), and their evaluation if one was due."""
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
-               **self.clock.read(self.cfg.tokens_per_step), **self.counted(step)}
-        row |= self.eval_row(state, step) if is_eval else {}
-        row |= {"skipped_steps": int(self.skipped)} if self.skipped else {}
-        self.skipped = 0
+               **self.clock.read(self.cfg.tokens_per_step), **self.counted(step), **evals, **self.skips()}
         self.tracker.log(step, row)
         return row
+
+    def log_final(self, state: TrainState, step: int, evals: dict) -> dict:
+        """The last row: no update follows, so train_loss is batch `step`'s loss measured alone, and no lr."""
+        row = {"step": step, "train_loss": self.batch_loss(state, step), **self.clock.read(self.cfg.tokens_per_step),
+               **self.counted(step), **evals, **self.skips()}
+        self.tracker.log(step, row)
+        return row
+
+    def skips(self) -> dict:
+        """skipped_steps: the updates skipped (train.on_nonfinite=skip) since the last row, where there were any."""
+        skipped, self.skipped = self.skipped, 0
+        return {"skipped_steps": int(skipped)} if skipped else {}
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows after `step`: they are measured again."""
+        self.tracker.rewind(step)
 
     def counted(self, step: int) -> dict[str, int]:
         """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token)."""
         tokens = step * self.cfg.tokens_per_step
         return {"tokens": tokens, "flops": tokens * self.flops_per_token}
 
-    def save(self, state: TrainState, step: int, last: dict) -> None:
-        save(self.ckpts, self.cfg, state, step, last if last.get("step") == step else {})
+    def save(self, state: TrainState, step: int, evals: dict) -> None:
+        save(self.ckpts, self.cfg, state, step, evals)
 
     def newest_checkpoint(self) -> int | None:
         """The newest checkpoint's step, once every save in flight is written."""
@@ -176,11 +192,20 @@ class Loop:
         return self.ckpts.latest_step()
 
     def restart_from(self, step: int | None) -> TrainState:
-        """The state at checkpoint `step` (None: a fresh start), with the metrics after it dropped."""
-        self.tracker.rewind(step or 0)
+        """The state at checkpoint `step` (None: a fresh start), with the rows from it on dropped."""
+        self.rewind((step or 0) - 1)
         return restore_state(self.ckpts, step, self.pieces) if step else init_state(self.cfg, self.pieces)
 
     # ---------------------------------------------------------------------------
+
+    def reached_target(self, last: dict | list[dict], step: int) -> bool:
+        """train.target_val_loss: whether every run the state holds is at or below it (then it says so)."""
+        target = self.cfg.train.target_val_loss
+        rows = last if isinstance(last, list) else [last]
+        if not target or not all(row.get("val_loss", float("inf")) <= target for row in rows):
+            return False
+        self.tracker.message(f"step {step}: val loss at or below train.target_val_loss={target:g}; stopping")
+        return True
 
     def interrupted(self, step: int):
         newest = self.newest_checkpoint()
@@ -188,10 +213,9 @@ class Loop:
                  else "nothing was saved; re-run the same command to start again")
         raise Interrupted(where, self.stop.signum)
 
-    def first_batch_loss(self, state: TrainState) -> float:
-        """Step 0's train_loss: step 0's batch at the initial parameters, as every row's is its batch's before
-        the update (the contract keeps train_loss on every row; without dropout, as at evaluation)."""
-        x, y = local_batch(self.cfg, self.ds, 0, self.mesh)  # placed per micro-batch: multi-host safe
+    def batch_loss(self, state: TrainState, step: int) -> float:
+        """Batch `step`'s loss at these parameters without an update (nor dropout, as at evaluation)."""
+        x, y = local_batch(self.cfg, self.ds, step, self.mesh)  # placed per micro-batch: multi-host safe
         put = functools.partial(sharding.put_batch, mesh=self.mesh)
         losses = [self.pieces.eval_step(state.params, put(xm), put(ym)) for xm, ym in zip(x, y)]
         return float(jnp.mean(jnp.stack(losses)))
@@ -199,16 +223,16 @@ class Loop:
     def eval_losses(self, state: TrainState) -> dict[str, float]:
         """eval_train_loss, val_loss, eval_train_bpb, val_bpb (`train_loss` is the step's own training loss), eval_s.
 
-        The clock restarts after it, so tokens_per_sec counts training alone: at a large vocabulary
+        The clock skips it, so tokens_per_sec counts training alone: at a large vocabulary
         an evaluation can take longer than the steps between two of them.
         """
         start = time.perf_counter()
         shown = self.tracker.evaluating if self.tracker.shows_progress else None  # else no wait per batch
         losses = evaluate(self.cfg, self.ds, self.mesh, self.pieces.eval_step, state.params, shown)
         self.tracker.evaluated()
-        self.clock.restart()
-        return {**{k.replace("train_", "eval_train_"): v for k, v in losses.items()},
-                "eval_s": time.perf_counter() - start}
+        seconds = time.perf_counter() - start
+        self.clock.skip(seconds)
+        return {**{k.replace("train_", "eval_train_"): v for k, v in losses.items()}, "eval_s": seconds}
 
     def eval_row(self, state: TrainState, step: int) -> dict[str, float]:
         row = self.eval_losses(state)
@@ -221,6 +245,8 @@ class Loop:
         Returns the state to go on with and, after a rollback, the step it is at. A step is bad
         when any run the state holds went non-finite at it.
         """
+        if not self.pending:
+            return state, None
         flags = np.asarray(jax.device_get([flag for _, flag in self.pending])).reshape(len(self.pending), -1)
         bad = [s for (s, _), ok in zip(self.pending, flags.all(axis=1)) if not ok]
         self.pending = []

@@ -28,7 +28,7 @@ import numpy as np
 
 from gptjax import data, sharding
 from gptjax.config import Config, ConfigError
-from gptjax.train import optim, runs, trainer
+from gptjax.train import runs, trainer
 from gptjax.train.loop import Loop, bits_per_byte, eval_batch, eval_bytes, local_batch
 from gptjax.train.state import Pieces, build, init_state, restore_state, save
 from gptjax.train.step import TrainState
@@ -137,50 +137,49 @@ class Stack(Loop):
                 self.tracker.evaluating(shown[0] + i, shown[1])
         return np.asarray(jax.device_get(jnp.mean(jnp.stack(per), axis=0)))
 
-    def log_start(self, state: TrainState) -> list[dict]:
-        t = self.cfg.train
-        step0 = {c.train.seed: local_batch(c, self.ds, 0, self.mesh) for c in self.cfgs}  # as Loop.first_batch_loss
-        first = self.losses(state.params, t.grad_accum, lambda c, i: tuple(a[i] for a in step0[c.train.seed]))
-        evals, lr = self.eval_rows(state, None), float(optim.schedule(t)(0))
-        return self.write(0, [{"step": 0, "train_loss": float(loss), "lr": lr, **self.counted(0), **e}
-                              for loss, e in zip(first, evals)])
+    def log_final(self, state: TrainState, step: int, evals: list[dict]) -> list[dict]:
+        batches = {c.train.seed: local_batch(c, self.ds, step, self.mesh) for c in self.cfgs}  # as Loop.batch_loss
+        losses = self.losses(state.params, self.cfg.train.grad_accum,
+                             lambda c, i: tuple(a[i] for a in batches[c.train.seed]))
+        clock = self.clock.read(self.cfg.tokens_per_step) | self.counted(step)
+        return self.write(step, [{"step": step, "train_loss": float(loss), **clock, **e, **skips}
+                                 for loss, e, skips in zip(losses, evals, self.skips())])
 
-    def eval_rows(self, state: TrainState, step: int | None) -> list[dict]:
-        """Each seed's evaluation on its own fixed batches, as Loop.eval_losses (step None: step 0, unannounced)."""
+    def eval_row(self, state: TrainState, step: int) -> list[dict]:
+        """Each seed's evaluation on its own fixed batches, as Loop.eval_losses."""
         start, rows_here = time.perf_counter(), sharding.process_rows(self.cfg.train.micro_batch_size, self.mesh)
         n = self.cfg.train.eval_batches
         out = {split: self.losses(state.params, n, functools.partial(eval_batch, tokens=self.ds.split(split),
                                                                      rows=rows_here), shown=(k * n, 2 * n))
                for k, split in enumerate(("train", "val"))}
         self.tracker.evaluated()
-        self.clock.restart()
         seconds = time.perf_counter() - start
-        if step is not None:
-            vals = " / ".join(f"{v:.4f}" for v in out["val"])
-            self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
+        self.clock.skip(seconds)
+        vals = " / ".join(f"{v:.4f}" for v in out["val"])
+        self.tracker.message(f"step {step}: val loss {vals} (seeds {self.names()})")
         bpb = {split: [bits_per_byte(c, float(loss), eval_bytes(c, self.ds, split))
                        for c, loss in zip(self.cfgs, losses)] for split, losses in out.items()}
         return [{"eval_train_loss": float(tr), "val_loss": float(va), "eval_train_bpb": trb, "val_bpb": vab,
                  "eval_s": seconds} for tr, va, trb, vab in zip(out["train"], out["val"], bpb["train"], bpb["val"])]
 
-    def log(self, state: TrainState, step: int, metrics: dict, is_eval: bool) -> list[dict]:
+    def log(self, state: TrainState, step: int, metrics: dict, evals: list[dict]) -> list[dict]:
         values, clock = jax.device_get(metrics), self.clock.read(self.cfg.tokens_per_step)
-        evals = self.eval_rows(state, step) if is_eval else [{} for _ in self.cfgs]
-        skipped = np.broadcast_to(self.skipped, len(self.cfgs))
-        self.skipped = 0
+        evals, skips = evals or [{} for _ in self.cfgs], self.skips()
         clock |= self.counted(step)
         return self.write(step, [{"step": step, **{k: float(v[i]) for k, v in values.items()}, **clock, **evals[i],
-                                  **({"skipped_steps": int(skipped[i])} if skipped[i] else {})}
-                                 for i in range(len(self.cfgs))])
+                                  **skips[i]} for i in range(len(self.cfgs))])
+
+    def skips(self) -> list[dict]:
+        skipped, self.skipped = np.broadcast_to(self.skipped, len(self.cfgs)), 0
+        return [{"skipped_steps": int(n)} if n else {} for n in skipped]
 
     def write(self, step: int, rows: list[dict]) -> list[dict]:
         for run, row in zip(self.opened, rows):
             run.tracker.log(step, row)
         return rows
 
-    def save(self, state: TrainState, step: int, last) -> None:
-        for i, (c, run, alone) in enumerate(zip(self.cfgs, self.opened, self.unstack(state))):
-            row = last[i] if isinstance(last, list) and last[i].get("step") == step else {}
+    def save(self, state: TrainState, step: int, evals: list[dict]) -> None:
+        for c, run, alone, row in zip(self.cfgs, self.opened, self.unstack(state), evals or [{} for _ in self.cfgs]):
             save(run.ckpts, c, alone, step, row)
 
     def newest_checkpoint(self) -> int | None:
@@ -190,9 +189,12 @@ class Stack(Loop):
             steps.append(run.ckpts.latest_step())
         return None if None in steps else min(steps)
 
-    def restart_from(self, step: int | None) -> TrainState:
+    def rewind(self, step: int) -> None:
         for run in self.opened:
-            run.tracker.rewind(step or 0)
+            run.tracker.rewind(step)
+
+    def restart_from(self, step: int | None) -> TrainState:
+        self.rewind((step or 0) - 1)
         return self.stack([restore_state(run.ckpts, step, self.single) if step else init_state(c, self.single)
                            for c, run in zip(self.cfgs, self.opened)])
 

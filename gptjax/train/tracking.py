@@ -31,14 +31,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, start_step: int, total_steps: int, resumed: bool = True):
-        """`resumed`: start_step's line comes from a restored checkpoint and stays (a fresh run logs step 0 anew)."""
+    def __init__(self, run_dir: Path, cfg, start_step: int, total_steps: int):
+        """Rows before start_step stay; row start_step is written again after its update (the checkpoint at a
+        step comes before that step's update), unless no update follows: a finished run keeps its last row."""
         self.active = jax.process_index() == 0
         self.path = Path(run_dir) / METRICS_FILE
         self.bar = self.wandb = self.file = None
         if not self.active:
             return
-        self.rewind(start_step if resumed else start_step - 1)
+        self.rewind(start_step if start_step >= total_steps else start_step - 1)
         if cfg.run.progress:
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
         if cfg.run.wandb != "off":
@@ -62,8 +63,8 @@ class Tracker:
         kept = [m for m in read_metrics(self.path.parent) if m["step"] <= step]
         atomic_write(self.path, "".join(json.dumps(m) + "\n" for m in kept))
         self.file = open(self.path, "a", buffering=1)
-        if self.bar is not None:
-            self.bar.n = max(step, 0)
+        if self.bar is not None:  # the updates done before the first row trained again
+            self.bar.n = min(max(step + 1, 0), self.bar.total)
             self.bar.refresh()
 
     def log(self, step: int, metrics: dict) -> None:
@@ -135,6 +136,10 @@ class Clock:
 
     def restart(self) -> None:
         self.since, self.steps = time.perf_counter(), 0
+
+    def skip(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation) out of the rate, keeping the steps counted so far."""
+        self.since += seconds
 
     def tick(self, state, first: bool) -> None:
         self.steps += 1

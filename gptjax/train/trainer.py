@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import sys
 from pathlib import Path
 
 import jax
@@ -41,6 +42,10 @@ def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
     ds = prepare_data(cfg)
     cfg = cfg.resolve_vocab(ds.vocab_size).resolve_steps()  # a compute budget's steps need the vocabulary
+    if (cfg.train.flops_budget or cfg.train.tokens_per_param) and jax.process_index() == 0:
+        print(f"budget: {cfg.train.steps} steps x {cfg.tokens_per_step:,} tokens x {cfg.model.flops_per_token():,} "
+              f"FLOPs per token = {cfg.train.steps * cfg.tokens_per_step * cfg.model.flops_per_token():.3g} FLOPs "
+              f"(N = {cfg.model.n_compute_params:,} parameters)", file=sys.stderr)
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
     shards = sharding.n_batch_shards(mesh)
@@ -118,7 +123,7 @@ def open_run(cfg: Config, ds: data.Dataset, pieces: Pieces, source, closing: con
     ckpts = ckpts or closing.enter_context(Checkpoints(run_dir, cfg.run.keep_checkpoints))
     if not progress:
         cfg = cfg.replace(run={"progress": False})
-    tracker = Tracker(run_dir, cfg, start, cfg.train.steps, resumed=resumed)
+    tracker = Tracker(run_dir, cfg, start, cfg.train.steps)
     closing.callback(tracker.close)
     if resumed and start < cfg.train.steps:
         tracker.message(f"resuming from step {start} of {cfg.train.steps}")
