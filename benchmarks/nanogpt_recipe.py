@@ -1,6 +1,7 @@
 """nanoGPT's CPU recipe trained for real, in PyTorch: the wall time a modern gptjax preset must beat.
 
-    python benchmarks/nanogpt_recipe.py [--steps 2000] [--eval-every 250] [--eval-iters 20]
+    python benchmarks/nanogpt_recipe.py [--steps 2000] [--eval-every 250] [--eval-iters 20] [--seed 1337]
+                                        [--target LOSS]
 
 nanoGPT's README trains this on a CPU with `config/train_shakespeare_char.py --device=cpu
 --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4
@@ -12,7 +13,8 @@ windows, warm-up 100 steps to lr 1e-3 then cosine to 1e-4, AdamW (0.9, 0.99), we
 split every --eval-every steps. The model and step are benchmarks/pytorch_reference.py's.
 Prints one JSON line per evaluation (wall seconds since the process started, imports
 included) and a final line with the whole run's wall time and a steadier val loss over
-100 batches.
+100 batches. With --target the run stops at its first evaluation whose val loss is at or below
+it, as a time-to-target run (benchmarks/speedrun.py) does, and its last line says where.
 """
 
 from __future__ import annotations
@@ -69,14 +71,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-iters", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--target", type=float, default=0.0, help="stop at the first val loss <= this; 0: off")
     args = parser.parse_args()
     s, text = SHAPES["cpu_recipe"], SHAKESPEARE.read_text()
     lookup = {c: i for i, c in enumerate(sorted(set(text)))}
     ids = torch.tensor([lookup[c] for c in text], dtype=torch.long)
     cut = int(0.9 * len(ids))
     splits = {"train": ids[:cut], "val": ids[cut:]}
-    torch.manual_seed(1337)
-    gen = torch.Generator().manual_seed(1337)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
     model = GPT(s["n_layer"], s["n_head"], s["n_embd"], s["n_ctx"], s["bias"], s["dropout"])
     nanogpt_init(model, s["n_layer"])
     opt = adamw(model)
@@ -84,6 +88,12 @@ def main() -> None:
         if step % args.eval_every == 0 or step == args.steps:
             losses = estimate(model, splits, args.eval_iters, s, gen)
             print(json.dumps({"step": step, **losses, "wall_s": round(time.monotonic() - STARTED, 1)}), flush=True)
+            if args.target and (losses["val"] <= args.target or step == args.steps):
+                reached = losses["val"] <= args.target  # else the whole run was waited for in vain
+                print(json.dumps({"measurement": "nanogpt_cpu_recipe_to_target", "target": args.target,
+                                  "reached_step": step if reached else None, "val_loss": round(losses["val"], 4),
+                                  "wall_s": round(time.monotonic() - STARTED, 1)}))
+                return
         if step == args.steps:
             break
         for group in opt.param_groups:

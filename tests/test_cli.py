@@ -38,6 +38,7 @@ def test_greedy_is_deterministic_and_keeps_the_prompt(trained):
 def test_rerun_resumes_from_saved_step(trained):
     result = run_in_process("train.py", "tiny", f"run.out_dir={trained}", "train.steps=45", "train.eval_every=15")
     assert result.returncode == 0, result.stderr
+    assert "resuming from step 30 of 45" in result.stdout + result.stderr  # resumed, not trained afresh to 45
     assert "done: step 45" in result.stdout
 
 

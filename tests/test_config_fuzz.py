@@ -1,8 +1,6 @@
 """Fuzzing the config loader: any overrides or file give a valid Config or a ConfigError, nothing else."""
 
-import tempfile
-from pathlib import Path
-
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,7 +22,12 @@ OVERRIDE = st.one_of(st.builds(lambda k, v: f"{k}={v}", KEY, VALUES), st.text(ma
 TREE = st.recursive(SCALARS | st.lists(SCALARS, max_size=3),
                     lambda inner: st.dictionaries(st.sampled_from([*config.SECTIONS, *(k.split(".")[1] for k in KEYS),
                                                                    "bogus"]), inner, max_size=4), max_leaves=12)
-SCRATCH = Path(tempfile.mkdtemp(prefix="gptjax-fuzz-"))
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    # pytest's own temporary folder, removed with its others: a module-level mkdtemp was never removed.
+    return tmp_path_factory.mktemp("fuzz")
 
 
 def loads_or_config_error(*args) -> None:
@@ -45,7 +48,7 @@ def test_random_overrides(overrides):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(TREE.map(lambda t: yaml.safe_dump(t, allow_unicode=True)), st.text(max_size=80)))
-def test_random_config_files(text):
-    path = SCRATCH / "fuzz.yaml"
+def test_random_config_files(scratch, text):
+    path = scratch / "fuzz.yaml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     loads_or_config_error(str(path))

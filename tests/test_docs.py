@@ -136,7 +136,7 @@ def parser_of(words: list[str]) -> tuple[tuple[str, ...], list[str]] | None:
     sub, rest = words[1], words[2:]
     if not has_flag(help_text(), sub):
         raise NoSuchCommand(f"`gptjax {sub}` is not a subcommand (see gptjax --help)")
-    nested = {"inspect": None, "convert": None, "tokenizer": None, "sweep": ("report",)}
+    nested = {"inspect": None, "convert": None, "tokenizer": None, "sweep": ("report", "fit")}
     if sub in nested and rest and not rest[0].startswith("-") and not PLACEHOLDER.fullmatch(rest[0]):
         allowed = nested[sub]
         if allowed is None or rest[0] in allowed:
@@ -237,7 +237,8 @@ def bare_name(word: str) -> bool:
 
 def test_every_flag_named_alone_belongs_to_some_command():
     """`--seeds N` in prose: some command of ours (or a benchmark script) takes it."""
-    sources = [help_text(*c) for c in (("train",), ("sample",), ("sweep",), ("sweep", "report"), ("bench",))]
+    sources = [help_text(*c) for c in (("train",), ("sample",), ("sweep",), ("sweep", "report"), ("sweep", "fit"),
+                                       ("bench",))]
     sources += [help_text(command, sub) for command in ("inspect", "convert", "tokenizer")
                 for sub in subcommands(command)]
     sources += [p.read_text(encoding="utf-8") for p in (ROOT / "benchmarks").glob("*.py")]

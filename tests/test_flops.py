@@ -28,6 +28,9 @@ KNOBS = {
                             "model.norm=rmsnorm", "model.logit_softcap=30"],
     "modern": ["model.mlp=swiglu", "model.n_kv_head=2", "model.tie_embeddings=false", "model.positions=rope"],
     "attention_heavy": ["model.n_embd=64", "model.n_head=4", "model.n_vocab=128"],
+    # The speedrun's levers: value tables are looked up (not in N); the U-net and x0 gains are elementwise.
+    "speedrun_levers": ["model.n_layer=2", "model.value_embeds=1", "model.unet_skips=true", "model.embed_skips=true",
+                        "model.zero_init_proj=true"],
 }
 
 

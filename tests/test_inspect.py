@@ -84,7 +84,7 @@ def test_params_gpt3_shows_617558016_weights_in_W_E_and_175B_in_all():
     lines = render.params_text(cfg, "config gpt3", groups).splitlines()
     w_e = next(line for line in lines if line.startswith("token embedding W_E"))
     assert "50257 x 12288" in w_e and "617,558,016" in w_e
-    assert lines[-1] == "174,604,259,328 parameters (174.6B)"
+    assert lines[-1] == "174,604,259,328 parameters (175B)"  # GPT-3, as it is named
     assert any(line.startswith("unembedding W_U (tied") and "0 (shares W_E)" in line for line in lines)
     assert any(line.startswith("layers 1-95: each the same as layer 0") for line in lines)
     every = render.params_text(cfg, "config gpt3", groups, all_layers=True).splitlines()

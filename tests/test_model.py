@@ -1,5 +1,6 @@
 """The model: parameter count, initial loss, causality, KV cache exactness."""
 
+import dataclasses
 import math
 
 import jax
@@ -12,6 +13,7 @@ from flax import nnx
 from gptjax import config
 from gptjax.config import ModelConfig
 from gptjax.model import GPT, blocked_causal_attention, count_params, init_cache, next_key, normal
+from gptjax.model.layers import norm
 
 SMALL = ModelConfig(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 
@@ -118,9 +120,28 @@ def test_kv_cache_logits_equal_full_recompute_at_every_position(prompt_len):
 
 
 def test_dropout_is_random_in_training_and_off_in_eval():
-    model = GPT(ModelConfig(n_vocab=50, n_ctx=8, n_embd=16, n_head=2, n_layer=1, dropout=0.5), rngs=nnx.Rngs(0))
-    x = jnp.zeros((1, 8), jnp.int32)
+    cfg = ModelConfig(n_vocab=50, n_ctx=8, n_embd=16, n_head=2, n_layer=1, dropout=0.5)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.PRNGKey(0), (1, 8), 0, 50)
     a = model(x, rngs=nnx.Rngs(dropout=1))
     b = model(x, rngs=nnx.Rngs(dropout=2))
     assert not np.allclose(a, b)
-    np.testing.assert_array_equal(model(x), model(x))
+    no_dropout = GPT(dataclasses.replace(cfg, dropout=0.0), rngs=nnx.Rngs(1))
+    nnx.update(no_dropout, nnx.state(model, nnx.Param))
+    np.testing.assert_array_equal(model(x), no_dropout(x))  # eval is the model without dropout, exactly
+
+
+def test_norms_equal_their_formulas():
+    """Planted bugs: LayerNorm without its mean, RMSNorm by a root sum square (gptjax/model/layers.py).
+    Against the formulas in float64, with gains and a bias away from 1 and 0."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 5, 32))
+    gain, bias = np.linspace(0.5, 1.5, 32), np.linspace(-1, 1, 32)
+    layer = norm(dataclasses.replace(SMALL, norm="layernorm"))
+    layer.scale_d[...], layer.bias_d[...] = jnp.asarray(gain, jnp.float32), jnp.asarray(bias, jnp.float32)
+    centred = x - x.mean(-1, keepdims=True)
+    want = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-5) * gain + bias
+    np.testing.assert_allclose(layer(jnp.asarray(x, jnp.float32)), want, rtol=1e-4, atol=1e-4)
+    rms = norm(dataclasses.replace(SMALL, norm="rmsnorm"))
+    rms.scale_d[...] = jnp.asarray(gain, jnp.float32)
+    want = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * gain
+    np.testing.assert_allclose(rms(jnp.asarray(x, jnp.float32)), want, rtol=1e-4, atol=1e-4)

@@ -27,6 +27,10 @@ KNOBS = {
     "mqa": dict(n_kv_head=1),
     "untied": dict(tie_embeddings=False),
     "softcap": dict(logit_softcap=5.0),
+    "zero_init_proj": dict(zero_init_proj=True),
+    "unet_skips": dict(unet_skips=True),
+    "embed_skips": dict(embed_skips=True),
+    "value_embeds": dict(value_embeds=1, n_kv_head=2),
     "modern": dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, n_kv_head=2,
                    tie_embeddings=False, logit_softcap=15.0, bias=False),
 }
@@ -47,11 +51,12 @@ def test_parameter_count_equals_the_formula(knob):
 
 @knobs
 def test_flops_follow_the_architecture(knob):
-    # 6N over the weights that multiply (every table but a tied W_E is only looked up) + attention 12·L·T·D.
+    # 6N over the weights that multiply (every table but a tied W_E is only looked up, value tables too) + attention 12·L·T·D.
     cfg, model = build(knob)
     params = nnx.state(model, nnx.Param)
     looked_up = [params["wte_vd"]] if not cfg.tie_embeddings else []
     looked_up += [params["wpe_td"]] if cfg.positions == "learned" else []
+    looked_up += [params["w_value_evhk"]] if cfg.value_embeds else []
     n = count_params(model) - sum(p[...].size for p in looked_up)
     assert cfg.flops_per_token() == 6 * n + 12 * cfg.n_layer * cfg.n_ctx * cfg.n_embd
 

@@ -65,6 +65,28 @@ def test_shift_window_is_exact_inside_the_window_and_deterministic_past_it(model
     assert len(tokens[0]) == 3 * CFG.n_ctx and all(0 <= t < CFG.n_vocab for t in tokens[0])
 
 
+def test_cached_logits_equal_recomputed_ones_up_to_the_window_and_past_it(model):
+    """Planted bug: the KV cache used one token past the window (its slot clamped into the last one), which
+    greedy tokens of a random model need not show: the sampler's next-token logits, cached and recomputed,
+    from a 3-token prompt to twice the window, agree to 1e-5."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    buf = jnp.asarray(np.random.default_rng(0).integers(0, CFG.n_vocab, size=(2, 3 * CFG.n_ctx)), jnp.int32)
+
+    @jax.jit
+    def differences(params):
+        net = nnx.merge(graphdef, params)
+        cached, recomputed = sampling._Logits(net, 2, True, "exact"), sampling._Logits(net, 2, False, "exact")
+
+        def step(carry, cur):
+            logits, cache, offset = cached(buf, carry[0], cur, carry[1])
+            return (cache, offset), jnp.abs(logits - recomputed.recomputed(buf, cur)).max()
+
+        _, cache = cached.prefill(buf, 3, 0)
+        return jax.lax.scan(step, (cache, jnp.int32(0)), jnp.arange(4, 2 * CFG.n_ctx))[1]
+
+    assert float(differences(params).max()) < 1e-5
+
+
 def test_same_seed_same_tokens_and_seeds_differ(model):
     kw = dict(max_new_tokens=20, num_samples=2, temperature=1.5)
     a = gen(model, [1, 2], seed=1, **kw)
@@ -121,6 +143,42 @@ def test_kept_set_matches_its_definition_on_a_gpt2_sized_vocabulary():
             assert set(np.flatnonzero(np.isfinite(out_v)).tolist()) == want, (temperature, top_k, top_p)
             checked += 1
     assert checked > 250  # most rows: only a mass within 1e-5 of top_p is skipped
+
+
+LAW_LOGITS = np.array([2.0, 1.4, 1.1, 0.5, 0.2, -0.3, -0.9, -1.6])
+
+
+def law_by_definition(temperature, top_k, top_p):
+    """The exact distribution sampling should follow: softmax(logits / T) over the kept set, in float64."""
+    kept, margin = kept_by_definition(LAW_LOGITS, temperature, top_k, top_p, len(LAW_LOGITS))
+    assert margin > 0.02  # the settings below sit well away from a top-p boundary
+    probs = np.exp(LAW_LOGITS / temperature) * np.isin(np.arange(len(LAW_LOGITS)), list(kept))
+    return probs / probs.sum()
+
+
+@jax.jit
+def draw_many(key, temperature, top_k, top_p):
+    logits_bv = jnp.broadcast_to(jnp.asarray(LAW_LOGITS, jnp.float32), (200_000, len(LAW_LOGITS)))
+    tokens = sampling.sample_token(logits_bv, key, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   vocab_size=len(LAW_LOGITS))
+    return jnp.bincount(tokens, length=len(LAW_LOGITS))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+# (3, 0.65): top-p over the top-k's renormalised mass; counting a (k+1)-th token's would keep 3, not 2, at T = 2.
+@pytest.mark.parametrize("top_k, top_p", [(8, 1.0), (4, 1.0), (8, 0.75), (5, 0.8), (3, 0.65)])
+def test_sampled_frequencies_follow_the_tempered_filtered_softmax(temperature, top_k, top_p):
+    """Planted bug: the sampler ignoring temperature (the division dropped in gptjax/sampling.py), or
+    drawing the wrong proportions inside top-k / top-p. 200,000 draws against the exact law: a chi-square
+    past 40 (7 degrees of freedom at most; p < 1e-5 under the right law) fails, and the law at T = 1
+    gives thousands here."""
+    law = law_by_definition(temperature, top_k, top_p)
+    counts = np.asarray(draw_many(jax.random.PRNGKey(7), temperature, top_k, top_p))
+    assert counts.sum() == 200_000
+    assert np.all(counts[law == 0] == 0)  # nothing outside the kept set
+    expected = 200_000 * law[law > 0]
+    chi2 = float(np.sum((counts[law > 0] - expected) ** 2 / expected))
+    assert chi2 < 40, (chi2, counts / 200_000, law)
 
 
 def test_padded_vocab_ids_are_never_drawn():

@@ -123,11 +123,21 @@ def test_curves_title_stays_clear_of_the_legend(swept):
     plots.plt.close(fig)
 
 
-def test_welch_verdict_in_markdown(swept):
+def test_comparisons_are_paired_by_seed_and_holm_corrected(swept):
+    """The sweep's points share seeds and batches: each comparison is a paired t-test on the runs' own best
+    losses (the axis one on per-seed means over the other axis), with Holm's correction over the family."""
     out, *_ = swept
     text = (out / "results.md").read_text()
-    assert "Welch's t-test on best val loss: p = " in text and "2 and 2 seeds" in text
-    assert text.count("\n| ") == 2 + 2  # header, rule, one row per valid point
+    assert text.count("\n| ") == 2 + 2 + 2 + 2 + 2 + 1  # points, main effects (n_layer 1, 2), one comparison
+    assert "> Warning: 2 seeds per point: intervals are wide and tests weak; use --seeds 3 or more." in text
+    best = {p: [min(r["val_loss"] for r in read_metrics(d) if "val_loss" in r) for d in seed_dirs(out, p)]
+            for p in VALID}
+    t, df, p = stats.paired(best[VALID[0]], best[VALID[1]])
+    row = next(line for line in text.splitlines() if line.startswith("| n_layer=1 vs 2 (mean over 1 cell) |"))
+    assert f"| paired | {t:.2f} | 1.0 | {p:.2g} |" in row
+    assert "mean ± half-width of the 95% t-interval over 2 seeds" in text
+    mean, half = stats.t_interval(best[VALID[0]])
+    assert f"{mean:.4f} ± {half:.4f}" in text
 
 
 def test_rerun_trains_nothing_and_changes_no_run(swept):
@@ -150,7 +160,8 @@ def test_report_on_a_list_of_run_directories(swept, tmp_path):
     assert all(r["seeds"] == "2" for r in rows) and "model.n_head" not in rows[0]  # only what differs
     assert not (tmp_path / "heatmap.png").exists()  # one axis: no heatmap
     lines = result.stdout.splitlines()  # and none reported: the notice says why, before the table
-    assert lines[0] == "no heatmap.png: it plots two swept axes and these runs differ in 1 swept axis"
+    assert lines[:2] == ["Warning: 2 seeds per point: intervals are wide and tests weak; use --seeds 3 or more.",
+                         "no heatmap.png: it plots two swept axes and these runs differ in 1 swept axis"]
     assert lines[-1] == f"report written to {tmp_path}: results.csv, results.md, curves.png"
     result = run_main(sweep.main, ["report", *map(str, runs)])
     assert result.returncode == 2
@@ -240,7 +251,9 @@ def test_one_at_a_time_trains_the_base_and_each_knob_alone_and_tests_each_agains
     best = {name: [min(r["val_loss"] for r in read_metrics(d) if "val_loss" in r) for d in seed_dirs(out, name)]
             for name in rows}
     for name in ("mlp=relu2",):
-        assert float(rows[name]["p_vs_base"]) == pytest.approx(stats.welch(best[name], best["base"])[2])
+        # Seed i of both points draws the same batches: paired by seed.
+        assert float(rows[name]["p_vs_base"]) == pytest.approx(stats.paired(best[name], best["base"])[2])
+        assert float(rows[name]["p_vs_base_holm"]) == pytest.approx(float(rows[name]["p_vs_base"]))  # one test
     assert rows["base"]["p_vs_base"] == ""
-    assert "| point | mlp | norm |" in (out / "results.md").read_text() and "p vs base" in (out / "results.md").read_text()
+    assert "| point | mlp | norm |" in (out / "results.md").read_text() and "p vs base (Holm)" in (out / "results.md").read_text()
     assert "no heatmap.png: a one-at-a-time sweep varies one key per point, not a grid" in result.stdout

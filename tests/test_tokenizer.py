@@ -16,7 +16,10 @@ SAMPLES = ["Hello world", "", " leading space", "ROMEO:\nWhat light through yond
 
 def test_known_token_ids():
     tok = GPT2Tokenizer()
+    # Published ids (the transformers GPT2Tokenizer docs and model card), not computed with tiktoken.
     assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode(" Hello world") == [18435, 995]
+    assert tok.encode("Hello, my dog is cute") == [15496, 11, 616, 3290, 318, 13779]
     assert (tok.vocab_size, tok.eot_id) == (50257, 50256)
 
 

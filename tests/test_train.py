@@ -63,6 +63,9 @@ def test_resume_continues_exactly_where_it_stopped(tiny, tmp_path):
     part = tiny(*common, f"run.out_dir={tmp_path / 'part'}")
     trainer.train(part.replace(train={"steps": 10}))
     assert Checkpoints(tmp_path / "part").latest_step() == 10
+    _, _, _, pieces = setup(part)
+    with Checkpoints(tmp_path / "part") as ckpts:  # from the newest (an older one would redo steps unseen)
+        assert trainer.resume(ckpts, pieces)[1] == 10
     trainer.train(part)
     a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "part")
     assert [m["step"] for m in b] == list(range(21))  # no step missing, none twice

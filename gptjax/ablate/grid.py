@@ -27,7 +27,9 @@ MATCH_TOLERANCE = 0.05  # --match params: the largest relative gap to the base's
 SWEEP_DIR = Path("runs") / "sweeps"
 SWEEP_FILE = "sweep.json"       # in the sweep directory: the plan (axes, points, invalid ones and why)
 WALL_FILE = "wall_time.json"    # in each run directory: seconds spent training it, summed over resumes
-FILE_KEYS = {"base", "grid", "set", "seeds", "match", "out", "vary"}
+FILE_KEYS = {"base", "grid", "set", "seeds", "match", "out", "vary", "budgets", "aspect", "head_size"}
+BUDGET = "train.flops_budget"  # --budgets B1,B2,...: an axis of this key, first, so every shape trains to each budget
+LENGTHS = ("train.steps", "train.flops_budget", "train.tokens_per_param")
 VARIES = ("grid", "one")  # every combination of the axes' values | the base, and each value alone on it
 UNSWEPT = {"run.out_dir": "the sweep sets it per point", "train.seed": "use --seeds N (seed i = train.seed + i)"}
 
@@ -41,6 +43,12 @@ class Spec:
     match: str | None = None               # "params": choose n_embd so the parameter count stays the base's
     out: str = ""                          # the sweep directory
     vary: str = "grid"                     # one of VARIES
+    aspect: int | None = None              # depth family: n_embd = aspect x n_layer ...
+    head_size: int | None = None           # ... and n_head = n_embd / head_size (nanochat's --depth)
+
+    @property
+    def budgets(self) -> list[float]:
+        return list(self.axes.get(BUDGET, []))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +104,36 @@ def read_sweep_file(path: Path) -> Spec:
     if not isinstance(raw.get("base"), str) or not isinstance(grid, dict) or not isinstance(fixed, dict):
         raise ConfigError(f"sweep file {path} needs base: CONFIG and grid: {{section.key: [values]}} (set: optional)")
     axes = {check_key(k): v if isinstance(v, list) else [v] for k, v in grid.items()}
+    if raw.get("budgets") is not None:
+        axes = {BUDGET: parse_budgets(raw["budgets"]), **axes}
     return Spec(raw["base"], axes, {check_key(k): v for k, v in fixed.items()}, raw.get("seeds", 1),
-                raw.get("match"), raw.get("out") or str(SWEEP_DIR / path.stem), raw.get("vary", "grid"))
+                raw.get("match"), raw.get("out") or str(SWEEP_DIR / path.stem), raw.get("vary", "grid"),
+                raw.get("aspect"), raw.get("head_size"))
+
+
+def parse_budgets(text) -> list[float]:
+    """`3e13,1e14` (or a YAML list) -> [3e13, 1e14]: the FLOP budgets every point trains to."""
+    pieces = text if isinstance(text, list) else str(text).split(",")
+    try:
+        budgets = [float(b) for b in pieces]
+    except (TypeError, ValueError):
+        raise ConfigError(f"budgets must be FLOP counts like 3e13,1e14, got {text!r}") from None
+    if not budgets or not all(0 < b < float("inf") for b in budgets):
+        raise ConfigError(f"budgets must be positive FLOP counts like 3e13,1e14, got {text!r}")
+    return budgets
 
 
 def make_spec(target: str, items: list[str], seeds: int | None, out: str | None, match: str | None,
-              vary: str | None = None, settings: tuple[str, ...] = ()) -> Spec:
+              vary: str | None = None, settings: tuple[str, ...] = (), budgets: str | None = None,
+              aspect: int | None = None, head_size: int | None = None) -> Spec:
     """The sweep from a sweep file or a base config, with command-line items and flags on top.
 
     `settings` (--set) are one value for every point; one-at-a-time sweeps need them, since there a
-    single value is a point of its own."""
+    single value is a point of its own. `budgets` (--budgets 3e13,1e14) trains every point to each."""
     path = is_sweep_file(target)
     spec = read_sweep_file(path) if path else Spec(target, {}, {})
+    if budgets is not None:
+        spec = dataclasses.replace(spec, axes={BUDGET: parse_budgets(budgets), **spec.axes})
     vary = vary or spec.vary
     if vary not in VARIES:
         raise ConfigError(f"vary must be one of {', '.join(VARIES)}, got {vary!r}")
@@ -115,7 +141,7 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
     for key, values in map(parse_item, items):  # the command line wins over the file
         fixed.pop(key, None)
         axes[key] = values
-    for key in [k for k, v in axes.items() if len(v) == 1 and vary == "grid"]:  # one value: a setting, not an axis
+    for key in [k for k, v in axes.items() if len(v) == 1 and vary == "grid" and k != BUDGET]:  # a setting
         fixed[key] = axes.pop(key)[0]
     for key, values in map(parse_item, settings):
         if len(values) != 1:
@@ -124,7 +150,9 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
         fixed[key] = values[0]
     default_out = SWEEP_DIR / "-".join([Path(target).stem, *(k.split(".")[1] for k in axes)])
     spec = Spec(spec.base, axes, fixed, spec.seeds if seeds is None else seeds, match or spec.match,
-                out or spec.out or str(default_out), vary)
+                out or spec.out or str(default_out), vary, aspect or spec.aspect, head_size or spec.head_size)
+    check_lengths(spec)
+    check_family(spec)
     if not isinstance(spec.seeds, int) or spec.seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {spec.seeds!r}")
     if not isinstance(spec.out, str):
@@ -134,6 +162,38 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
     if spec.match == "params" and "model.n_embd" in {**axes, **fixed}:
         raise ConfigError("--match params chooses model.n_embd per point; do not set or sweep it")
     return spec
+
+
+def check_lengths(spec: Spec) -> None:
+    if spec.budgets and (clash := [k for k in LENGTHS if k != BUDGET and k in {**spec.axes, **spec.fixed}]):
+        raise ConfigError(f"--budgets sets each point's train.steps from its budget; do not also set {clash[0]}")
+
+
+def check_family(spec: Spec) -> None:
+    """The depth family (--aspect, --head-size) sets n_embd and n_head from n_layer: neither may be set too."""
+    if spec.aspect is None and spec.head_size is None:
+        return
+    if spec.aspect is None or spec.head_size is None:
+        raise ConfigError("the depth family needs both --aspect R (n_embd = R x n_layer) and --head-size K "
+                          "(n_head = n_embd / K)")
+    for name, v in (("aspect", spec.aspect), ("head_size", spec.head_size)):
+        if not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if spec.match:
+        raise ConfigError("--match params and the depth family (--aspect) both choose n_embd; use one")
+    if clash := [k for k in ("model.n_embd", "model.n_head") if k in {**spec.axes, **spec.fixed}]:
+        raise ConfigError(f"the depth family sets {clash[0]} from model.n_layer; do not set or sweep it")
+
+
+def family(cfg: Config, spec: Spec) -> list[str]:
+    """The depth family's width and heads for a config's depth, as overrides (none without --aspect)."""
+    if spec.aspect is None:
+        return []
+    width = spec.aspect * cfg.model.n_layer
+    if width % spec.head_size:
+        raise ConfigError(f"the depth family's width {spec.aspect} x n_layer={cfg.model.n_layer} = {width} is not "
+                          f"a multiple of the head size {spec.head_size}")
+    return [f"model.n_embd={width}", f"model.n_head={width // spec.head_size}"]
 
 
 # ---------------------------------------------------------------------------
@@ -147,11 +207,14 @@ def short_key(key: str) -> str:
 
 def point_name(values: dict[str, Any]) -> str:
     # Safe on every filesystem: letters, digits and . _ + - = , only; "base" for a sweep without axes.
-    parts = [f"{short_key(k)}={_text(v)}" for k, v in values.items()]
+    parts = [f"{short_key(k)}={value_text(v)}" for k, v in values.items()]
     return re.sub(r"[^A-Za-z0-9._+\-=,]", "_", ",".join(parts)) or "base"
 
 
-def _text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    # Budgets (3e13) as 3e+13, not JSON's 30000000000000.0; other numbers as JSON writes them.
+    if isinstance(value, float) and abs(value) >= 1e6:
+        return f"{value:g}"
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -187,7 +250,8 @@ def _match(cfg: Config, target: int, with_vocab: Callable[[Config], Config]) -> 
 def plan(spec: Spec, with_vocab: Callable[[Config], Config]) -> list[Point]:
     """Every point of the grid, in order, each with its config or the reason it cannot run.
 
-    with_vocab(cfg) resolves n_vocab from the data, needed only by --match params (it counts parameters).
+    with_vocab(cfg) resolves n_vocab from the data (and the steps from a budget), needed by --match params (it
+    counts parameters) and --budgets (a budget too small for a shape makes that point invalid).
     """
     fixed = overrides(spec.fixed)
     base = _matched_base(spec, fixed) if spec.match == "params" else None
@@ -199,6 +263,10 @@ def plan(spec: Spec, with_vocab: Callable[[Config], Config]) -> list[Point]:
         try:
             cfg = config.load(spec.base, [*fixed, *width, *overrides(values)])
             cfg = _match(cfg, target, with_vocab) if base else cfg
+            if spec.aspect:  # width and heads follow the depth; placeholders above always divide
+                cfg = config.load(spec.base, [*fixed, *overrides(values), *family(cfg, spec)])
+            if BUDGET in values:
+                with_vocab(cfg)  # a budget that buys no step of this shape makes the point invalid, saying so
             values = {key: value_of(cfg, key) for key in values}  # as the config reads them: 1e-3 -> 0.001
             points.append(Point(values, point_name(values), cfg))
         except ConfigError as e:
@@ -214,6 +282,9 @@ def combinations(spec: Spec, fixed: list[str]) -> list[dict[str, Any]]:
     that differs from the base's, alone (vary: one), as a one-at-a-time ablation of knobs."""
     if spec.vary == "grid":
         return [dict(zip(spec.axes, combo)) for combo in itertools.product(*spec.axes.values())]
+    if spec.budgets:  # one knob at a time, at every budget
+        knobs = dataclasses.replace(spec, axes={k: v for k, v in spec.axes.items() if k != BUDGET})
+        return [{BUDGET: b, **c} for b in spec.budgets for c in combinations(knobs, fixed)]
 
     def is_base(key: str, value) -> bool:  # as the config reads it: 1e-3 is 0.001
         try:

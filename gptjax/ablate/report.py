@@ -1,7 +1,7 @@
-"""Comparing runs: one row per point (mean ± std over seeds) in results.csv and results.md, sorted by
-best val loss; curves.png (val loss against tokens seen); heatmap.png (best val loss over two swept
-axes); Welch's t-test of the best point against the runner-up, and of each point against the base
-in a one-at-a-time sweep.
+"""Comparing runs: one row per point (mean and 95% interval over seeds) in results.csv and results.md,
+sorted by best val loss (bits per byte where the points' tokenizers differ); main effects per swept axis
+and every comparison of interest with Holm's correction (gptjax.ablate.effects); curves.png (val loss
+against tokens seen) and heatmap.png (over two swept axes).
 
 Works on a sweep directory or on any run directories: runs whose configs differ only in
 train.seed and run.* are seeds of one point, and the keys that differ between points are its columns.
@@ -9,7 +9,6 @@ train.seed and run.* are seeds of one point, and the keys that differ between po
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -18,15 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from gptjax import config
-from gptjax.ablate import grid
-from gptjax.ablate.stats import welch
+from gptjax.ablate import effects, grid, stats, tables
 from gptjax.errors import UserError
 from gptjax.train import runs
 from gptjax.train.tracking import read_metrics
 
 NOT_THE_POINT = ("train.seed", "data.cache_dir")  # nor anything under run.*: they don't change what is learned
-CSV_FIELDS = ("params", "flops_per_token", "tokens_seen", "steps", "seeds", "final_val_loss_mean",
-              "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std", "tokens_per_sec", "wall_s")
+LN2 = math.log(2)
 
 
 @dataclasses.dataclass
@@ -39,6 +36,11 @@ class RunResult:
     tokens_per_sec: float | None      # mean over logged rows (the compile step is timed apart)
     wall_s: float | None              # from grid.WALL_FILE: sweeps write it, plain train.py runs have none
     curve: list[tuple[int, float]]    # (tokens seen, val loss) at each evaluation
+    tokens: int = 0                   # tokens trained on (metrics' cumulative `tokens`, else steps x batch)
+    flops: float = math.nan           # training FLOPs (metrics' cumulative `flops`, else tokens x FLOPs/token)
+    final_val_bpb: float = math.nan   # bits per byte, where the run logged val_bpb
+    best_val_bpb: float = math.nan
+    bpb_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -47,24 +49,20 @@ class PointResult:
     values: dict                      # column key -> value
     runs: list[RunResult]
 
-    def _stat(self, attr: str, fn) -> float:
-        xs = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
-        return float(fn(xs)) if xs else math.nan
+    def _values(self, attr: str) -> list[float]:
+        return [v for r in self.runs if (v := getattr(r, attr)) is not None and not math.isnan(v)]
 
     def mean(self, attr: str) -> float:
-        return self._stat(attr, np.mean)
+        xs = self._values(attr)
+        return float(np.mean(xs)) if xs else math.nan
 
     def std(self, attr: str) -> float:  # sample std (n - 1): the spread a second set of seeds would show
-        return self._stat(attr, lambda xs: np.std(xs, ddof=1) if len(xs) > 1 else math.nan)
+        xs = self._values(attr)
+        return float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
 
-    def row(self) -> dict:
-        cfg = self.runs[0].cfg
-        return {"params": cfg.model.n_params, "flops_per_token": cfg.model.flops_per_token(),
-                "tokens_seen": int(self.mean("steps")) * cfg.tokens_per_step, "steps": int(self.mean("steps")),
-                "seeds": len(self.runs),
-                **{f"{m}_{s}": getattr(self, s)(m)
-                   for m in ("final_val_loss", "best_val_loss") for s in ("mean", "std")},
-                "tokens_per_sec": self.mean("tokens_per_sec"), "wall_s": self.mean("wall_s")}
+    def interval(self, attr: str) -> tuple[float, float]:
+        """(mean, half-width of its 95% t-interval) over seeds."""
+        return stats.t_interval(self._values(attr))
 
 
 @dataclasses.dataclass
@@ -72,14 +70,25 @@ class Report:
     points: list[PointResult]          # best first
     columns: list[str]                 # the keys that tell points apart
     skipped: list[tuple[str, str]]     # (point, reason) for invalid or not yet trained points
-    significance: str
-    summary: str
-    vs_base: dict[str, float] | None = None  # one-at-a-time sweeps: point -> Welch's p against the base
+    metric: str = "val_loss"           # what points are compared by: val_loss, or val_bpb across tokenizers
+    comparisons: list[effects.Comparison] = dataclasses.field(default_factory=list)
+    effects: list[effects.Effect] = dataclasses.field(default_factory=list)
+    one_at_a_time: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)  # said above the table, and on stdout
+    summary: str = ""
     files: list[str] = dataclasses.field(default_factory=list)  # what write() wrote, in order
     notices: list[str] = dataclasses.field(default_factory=list)  # what it left out, and why
 
     def written(self, out: Path) -> str:
         return f"report written to {out}: {', '.join(self.files)}"
+
+    @property
+    def key(self) -> str:
+        """The per-run number compared: the best evaluation of the metric."""
+        return f"best_{self.metric}"
+
+    def value(self, run: RunResult) -> float:
+        return getattr(run, self.key)
 
 
 # ---------------------------------------------------------------------------
@@ -102,15 +111,31 @@ def read_run(run_dir: Path) -> RunResult | None:
     """A run's numbers from its config.yaml and metrics.jsonl; None before its first evaluation."""
     cfg = runs.load_config(run_dir)
     rows = read_metrics(run_dir)
-    evals = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    evals = [r for r in rows if _finite(r.get("val_loss"))]
     if not evals:
         return None
     speeds = [r["tokens_per_sec"] for r in rows if r.get("tokens_per_sec")]
     wall = run_dir / grid.WALL_FILE
-    return RunResult(run_dir, cfg, steps=rows[-1]["step"], final_val_loss=evals[-1][1],
-                     best_val_loss=min(v for _, v in evals), tokens_per_sec=float(np.mean(speeds)) if speeds else None,
+    tokens = lambda r: r["tokens"] if _finite(r.get("tokens")) else r["step"] * cfg.tokens_per_step  # noqa: E731
+    seen = tokens(rows[-1])
+    flops = rows[-1].get("flops")
+    bpb = [(tokens(r), r["val_bpb"]) for r in evals if _finite(r.get("val_bpb"))]
+    return RunResult(run_dir, cfg, steps=rows[-1]["step"], final_val_loss=evals[-1]["val_loss"],
+                     best_val_loss=min(r["val_loss"] for r in evals),
+                     tokens_per_sec=float(np.mean(speeds)) if speeds else None,
                      wall_s=json.loads(wall.read_text())["wall_s"] if wall.is_file() else None,
-                     curve=[(step * cfg.tokens_per_step, v) for step, v in evals])
+                     curve=[(tokens(r), r["val_loss"]) for r in evals], tokens=int(seen),
+                     flops=float(flops) if _finite(flops) else seen * _flops_per_token(cfg),
+                     final_val_bpb=bpb[-1][1] if bpb else math.nan, best_val_bpb=min(b for _, b in bpb) if bpb
+                     else math.nan, bpb_curve=bpb)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _flops_per_token(cfg: config.Config) -> float:
+    return cfg.model.flops_per_token() if cfg.model.n_vocab else math.nan
 
 
 def _identity(cfg: config.Config) -> dict:
@@ -130,17 +155,27 @@ def group(runs: list[RunResult], axes: list[str]) -> tuple[list[PointResult], li
     for rs in by_point.values():
         values = {k: grid.value_of(rs[0].cfg, k) for k in columns}
         points.append(PointResult(grid.point_name({k: values[k] for k in axes or columns}), values, rs))
-    points.sort(key=lambda p: (math.isnan(p.mean("best_val_loss")), p.mean("best_val_loss")))
     return points, columns
+
+
+def choose_metric(runs: list[RunResult]) -> tuple[str, list[str]]:
+    """val_bpb where the runs' tokenizers differ (loss per token is not comparable across them), else val_loss;
+    and what the report should say about it."""
+    tokenizers = sorted({r.cfg.data.tokenizer for r in runs})
+    if len(tokenizers) < 2:
+        return "val_loss", []
+    if all(math.isfinite(r.best_val_bpb) for r in runs):
+        return "val_bpb", [f"Compared by val bits per byte, not val loss: the points' tokenizers differ "
+                           f"({', '.join(tokenizers)}), and loss per token is not comparable across them."]
+    return "val_loss", [f"Warning: the points' tokenizers differ ({', '.join(tokenizers)}) but not every run logged "
+                        f"val_bpb, so they are compared by loss per token, which is not comparable across tokenizers."]
 
 
 # ---------------------------------------------------------------------------
 # Writing the report
 
-def write(paths: list[Path], out: Path) -> Report:
-    """Read the runs in `paths` and write results.csv, results.md, curves.png and heatmap.png to `out`."""
-    from gptjax.ablate import plots  # matplotlib only where a report is made
-
+def analyse(paths: list[Path]) -> tuple[Report, dict]:
+    """Read the runs in `paths` into a Report (points, metric, statistics) and the sweep's plan, if any."""
     plan = _read_plan(paths)
     runs_dirs = find_runs(paths)
     if plan:  # only this sweep's points: an earlier grid in the same directory may have left others
@@ -154,117 +189,51 @@ def write(paths: list[Path], out: Path) -> Report:
     trained = {p.name for p in points}
     skipped = [(p["name"], p["error"] or "not trained yet") for p in plan.get("points", [])
                if p["error"] or p["name"] not in trained]
-    one_at_a_time = plan.get("vary") == "one"
-    report = Report(points, columns, skipped, significance(points), "", against_base(points) if one_at_a_time else None)
-    report.summary = markdown(report, plan.get("command", ""))
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(report, out / "results.csv")
-    (out / "results.md").write_text(report.summary)
-    plots.curves(points, out / "curves.png")
-    report.files = ["results.csv", "results.md", "curves.png"]
+    metric, said = choose_metric(runs)
+    report = Report(points, columns, skipped, metric, one_at_a_time=plan.get("vary") == "one", warnings=said)
     axes = list(plan["axes"]) if plan.get("axes") else columns
-    if one_at_a_time:
+    within = [grid.BUDGET] if grid.BUDGET in axes else []  # a budget is a block to compare within, not an effect
+    points.sort(key=lambda p: (*(p.values[k] for k in within), math.isnan(p.mean(report.key)), p.mean(report.key)))
+    report.effects = [] if report.one_at_a_time else effects.main_effects(points, axes, report.value, within)
+    report.comparisons = effects.comparisons(points, axes, report.value, grid.short_key, report.one_at_a_time,
+                                             within)
+    seeds = min(len(p.runs) for p in points)
+    if seeds < stats.FEW_SEEDS:
+        report.warnings.append(f"Warning: {seeds} seed{'s' * (seeds != 1)} per point: "
+                               + ("no interval or test can be had; " if seeds == 1 else
+                                  "intervals are wide and tests weak; ") + f"use --seeds {stats.FEW_SEEDS} or more.")
+    return report, plan
+
+
+def write(paths: list[Path], out: Path) -> Report:
+    """Read the runs in `paths` and write results.csv, results.md, curves.png and heatmap.png to `out`."""
+    from gptjax.ablate import plots  # matplotlib only where a report is made
+
+    report, plan = analyse(paths)
+    report.summary = tables.markdown(report, plan.get("command", ""))
+    out.mkdir(parents=True, exist_ok=True)
+    tables.write_csv(report, out / "results.csv")
+    (out / "results.md").write_text(report.summary)
+    plots.curves(report.points, out / "curves.png", report.metric)
+    report.files = ["results.csv", "results.md", "curves.png"]
+    report.notices += report.warnings
+    axes = list(plan["axes"]) if plan.get("axes") else report.columns
+    if report.one_at_a_time:
         (out / "heatmap.png").unlink(missing_ok=True)
         report.notices.append("no heatmap.png: a one-at-a-time sweep varies one key per point, not a grid")
-    elif plots.heatmap(points, axes, plan.get("points", []), out / "heatmap.png"):
+    elif plots.heatmap(report.points, axes, plan.get("points", []), out / "heatmap.png", report):
         report.files.append("heatmap.png")
     else:
         swept = f"{len(axes)} swept axis" + ("" if len(axes) == 1 else "es")
         report.notices.append(f"no heatmap.png: it plots two swept axes and these runs differ in {swept}")
+    if grid.BUDGET in axes and not report.one_at_a_time:  # an isoFLOP sweep: its scaling laws too
+        from gptjax.ablate import fit, scaling_report
+
+        found = fit.fit([r.run_dir for p in report.points for r in p.runs], report.metric)
+        report.files += scaling_report.write(found, out, plan.get("command", ""))
     return report
 
 
 def _read_plan(paths: list[Path]) -> dict:
     path = paths[0] / grid.SWEEP_FILE
     return json.loads(path.read_text()) if len(paths) == 1 and path.is_file() else {}
-
-
-def significance(points: list[PointResult]) -> str:
-    if len(points) < 2:
-        return "One point: nothing to compare."
-    best, second = points[0], points[1]
-    a, b = ([r.best_val_loss for r in p.runs] for p in (best, second))
-    if min(len(a), len(b)) < 2:
-        return "One seed per point: no significance test (use --seeds 2 or more)."
-    t, df, p = welch(a, b)
-    verdict = "significant" if p < 0.05 else "not significant"
-    return (f"Best point {best.name} vs the runner-up {second.name}: the difference is {verdict} at the 5% level "
-            f"(Welch's t-test on best val loss: p = {p:.3g}, two-sided, t = {t:.2f}, df = {df:.1f}, "
-            f"{len(a)} and {len(b)} seeds).")
-
-
-def against_base(points: list[PointResult]) -> dict[str, float]:
-    """Each point's two-sided p against the base point (Welch's t-test on best val loss), where both have 2+ seeds."""
-    base = next((p for p in points if p.name == "base"), None)
-    if base is None or len(base.runs) < 2:
-        return {}
-    ref = [r.best_val_loss for r in base.runs]
-    return {p.name: welch([r.best_val_loss for r in p.runs], ref)[2] for p in points
-            if p is not base and len(p.runs) >= 2}
-
-
-def write_csv(report: Report, path: Path) -> None:
-    extra = ["p_vs_base"] if report.vs_base is not None else []
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["point", *report.columns, *CSV_FIELDS, *extra])
-        for p in report.points:
-            row = p.row()
-            writer.writerow([p.name, *(p.values[k] for k in report.columns), *(_csv(row[k]) for k in CSV_FIELDS),
-                             *([report.vs_base.get(p.name, "")] if extra else [])])
-
-
-def _csv(v):
-    return "" if isinstance(v, float) and math.isnan(v) else v
-
-
-def markdown(report: Report, command: str) -> str:
-    vs = report.vs_base
-    head = [*(["point"] if vs is not None else []), *(grid.short_key(k) for k in report.columns), "params",
-            "FLOPs/token", "tokens seen", "final val loss", "best val loss", *(["p vs base"] if vs is not None else []),
-            "tokens/s", "wall time"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
-    for i, p in enumerate(report.points):
-        r = p.row()
-        best = _pm(r["best_val_loss_mean"], r["best_val_loss_std"])
-        cells = [*([p.name] if vs is not None else []), *(str(p.values[k]) for k in report.columns),
-                 f"{r['params']:,}", _si(r["flops_per_token"]), _si(r["tokens_seen"]),
-                 _pm(r["final_val_loss_mean"], r["final_val_loss_std"]), f"**{best}**" if i == 0 else best,
-                 *([_p(vs.get(p.name))] if vs is not None else []), _num(r["tokens_per_sec"], ",.0f"),
-                 _wall(r["wall_s"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    seeds = sorted({len(p.runs) for p in report.points})
-    spread = "one seed per point" if seeds == [1] else f"mean ± std over {'/'.join(map(str, seeds))} seeds"
-    against = ([] if vs is None else ["p vs base: Welch's t-test of the point's best val loss against the base's, "
-                                      "two-sided (bold: below 0.05)."])
-    notes = [f"Sorted by best val loss; {spread}; wall time per run.", *against,
-             report.significance, *(f"Skipped {name}: {why}" for name, why in report.skipped)]
-    return "\n".join(([f"`{command}`", ""] if command else []) + lines + [""] + notes) + "\n"
-
-
-def _pm(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
-
-
-def _p(p: float | None) -> str:
-    return "—" if p is None else f"**{p:.2g}**" if p < 0.05 else f"{p:.2g}"
-
-
-def _num(v: float, spec: str) -> str:
-    return "—" if v is None or math.isnan(v) else format(v, spec)
-
-
-def _si(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return f"{v:g}"
-
-
-def _wall(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "—"
-    minutes, s = divmod(round(seconds), 60)
-    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"

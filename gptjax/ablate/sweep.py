@@ -2,13 +2,18 @@
 
   gptjax sweep BASE_CONFIG model.n_head=2,4,8 model.n_layer=2,4,6 [section.key=value ...]
                          [--seeds N] [--one-at-a-time] [--set KEY=VALUE] [--separately] [--out SWEEP_DIR]
-                         [--match params]
+                         [--match params] [--budgets 3e13,1e14,...] [--aspect R --head-size K]
+  gptjax sweep BASE --budgets 3e13,1e14,3e14 model.n_layer=2,3,4,6 --aspect 32 --head-size 16 --seeds 2
+                         (isoFLOP profiles: every shape trained to every budget, then scaling laws fitted)
   gptjax sweep configs/ablations/heads_layers_cpu.yaml      (a sweep file: base, grid, set, ...)
   gptjax sweep report SWEEP_DIR | RUN_DIR ... [--out DIR]   (results.csv/.md, curves.png, heatmap.png)
+  gptjax sweep fit SWEEP_DIR | RUN_DIR ... [--out DIR]      (scaling laws: scaling.md/.csv/.png)
 
-A comma sweeps a key; any key can be swept. Seed i of a point trains with train.seed + i, in
-SWEEP_DIR/POINT/seed=i: an ordinary run directory (sample.py and train.py work on it). A point's
-seeds train together, one vmapped step for all (gptjax.train.seeds), unless --separately.
+A comma sweeps a key; any key can be swept. --budgets trains every point to each FLOP budget
+(train.flops_budget: its own steps); --aspect/--head-size tie width and heads to depth.
+Seed i of a point trains with train.seed + i, in SWEEP_DIR/POINT/seed=i: an ordinary run
+directory (sample.py and train.py work on it). A point's seeds train together, one vmapped step
+for all (gptjax.train.seeds), unless --separately.
 Re-running the command skips finished runs and resumes interrupted ones.
 """
 
@@ -22,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from gptjax import errors
+from gptjax import errors, units
 from gptjax.ablate import grid
 from gptjax.config import Config
 from gptjax.errors import UserError
@@ -32,6 +37,10 @@ from gptjax.files import atomic_write
 def main(argv: list[str]) -> int:
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
+    if argv[:1] == ["fit"]:
+        from gptjax.ablate import fit
+
+        return fit.main(argv[1:])
     parser = errors.ArgumentParser(prog="gptjax sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="base config (preset name or path) or sweep file (configs/ablations/*.yaml)")
@@ -47,13 +56,20 @@ def main(argv: list[str]) -> int:
                         help="train a point's seeds one after another, not together in one vmapped step "
                              "(which needs N times the memory of one run)")
     parser.add_argument("--match", choices=grid.MATCHES, help="params: pick n_embd per point to keep the base's size")
+    parser.add_argument("--budgets", metavar="C1,C2,...",
+                        help="train every point to each FLOP budget (train.flops_budget; its steps follow from its "
+                             "FLOPs per token); the report adds scaling laws (scaling.md, scaling.png)")
+    parser.add_argument("--aspect", type=int, metavar="R",
+                        help="depth family: n_embd = R x n_layer, so sweeping model.n_layer spans sizes (nanochat's "
+                             "--depth); needs --head-size")
+    parser.add_argument("--head-size", type=int, metavar="K", help="depth family: n_head = n_embd / K")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_intermixed_args(argv)
     command = " ".join(["gptjax sweep", *argv])
     vary = "one" if args.one_at_a_time else None
     return errors.run_cli(lambda: run(grid.make_spec(args.target, args.items, args.seeds, args.out, args.match, vary,
-                                                     args.set), command, together=not args.separately),
-                          debug=args.debug)
+                                                     args.set, args.budgets, args.aspect, args.head_size),
+                                      command, together=not args.separately), debug=args.debug)
 
 
 def report_main(argv: list[str]) -> int:
@@ -86,10 +102,10 @@ def show(report, out: Path) -> None:
 # Running a sweep
 
 def with_vocab(cfg: Config) -> Config:
-    """cfg with model.n_vocab resolved from its data, as training will."""
+    """cfg with model.n_vocab resolved from its data, and train.steps from its budget, as training will."""
     from gptjax import data
 
-    return cfg.resolve_vocab(data.vocab_size(cfg.data))
+    return cfg.resolve_vocab(data.vocab_size(cfg.data)).resolve_steps()
 
 
 def run(spec: grid.Spec, command: str = "", together: bool = True) -> None:
@@ -122,7 +138,7 @@ def run(spec: grid.Spec, command: str = "", together: bool = True) -> None:
 
 def write_plan(sweep_dir: Path, spec: grid.Spec, points: list[grid.Point], command: str) -> None:
     plan = {"base": spec.base, "axes": spec.axes, "fixed": spec.fixed, "seeds": spec.seeds, "match": spec.match,
-            "vary": spec.vary, "command": command,
+            "vary": spec.vary, "aspect": spec.aspect, "head_size": spec.head_size, "command": command,
             "points": [{"name": p.name, "values": p.values, "error": p.error} for p in points]}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_json(sweep_dir / grid.SWEEP_FILE, plan)
@@ -154,7 +170,7 @@ def train_all(jobs: list[tuple[grid.Point, int, Config]], together: bool = True)
     started = [steps_done(cfg) for _, _, cfg in jobs]
     # FLOPs still to do per run: the ETA scales the time spent so far by them, since a 4-layer
     # point costs about four 1-layer ones.
-    todo = [_flops(cfg, cfg.train.steps - start) for (_, _, cfg), start in zip(jobs, started)]
+    todo = [_flops(cfg, start) for (_, _, cfg), start in zip(jobs, started)]
     spent = done = 0.0
     failed = []
     for group in _groups(jobs, todo, together):
@@ -168,7 +184,7 @@ def train_all(jobs: list[tuple[grid.Point, int, Config]], together: bool = True)
             print(f"{head}: finished, skipped", flush=True)
             continue
         left = sum(1 for f in todo[group[-1] + 1:] if f)
-        eta = _duration(spent / done * sum(todo[group[0]:])) if done else "after the first run"
+        eta = units.duration(spent / done * sum(todo[group[0]:])) if done else "after the first run"
         starts = sorted({started[k] for k in group}, reverse=True)
         resume = ("training" if starts == [0] else f"resuming from step {starts[0]}" if len(starts) == 1
                   else f"resuming from steps {', '.join(str(started[k]) for k in group)}")
@@ -193,8 +209,10 @@ def _groups(jobs, todo: list[float], together: bool) -> list[list[int]]:
     return groups
 
 
-def _flops(cfg: Config, steps: int) -> float:
-    return max(0, steps) * cfg.tokens_per_step * with_vocab(cfg).model.flops_per_token()
+def _flops(cfg: Config, start: int) -> float:
+    """The FLOPs a run has left from step `start` (its steps from its budget, if it has one)."""
+    cfg = with_vocab(cfg)
+    return max(0, cfg.train.steps - start) * cfg.tokens_per_step * cfg.model.flops_per_token()
 
 
 @contextlib.contextmanager
@@ -279,12 +297,6 @@ class WallClock:
         if self.run_dir.is_dir():
             _write_json(self.run_dir / grid.WALL_FILE, {"wall_s": self.before["wall_s"] + self.seconds,
                                                          "sessions": self.before["sessions"] + 1})
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(round(seconds)), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 if __name__ == "__main__":

@@ -45,6 +45,13 @@ class ModelConfig:
     n_kv_head: int | None = _field(None, "key/value heads G (grouped-query; 1: multi-query); default: n_head")
     tie_embeddings: bool = _field(True, "unembed with the token table W_E (GPT-2); false: a separate W_U")
     logit_softcap: float = _field(0.0, "cap logits smoothly at ±c (c·tanh(logits/c)); 0 disables")
+    zero_init_proj: bool = _field(False, "start W_O and W_down at zero: every block starts as the identity")
+    unet_skips: bool = _field(False, "U-net: the last L/2 blocks each add an early block's output, mirrored, "
+                                     "times a learned gain (1 at start)")
+    embed_skips: bool = _field(False, "every block starts from λ₀·x + λ₁·x₀, x₀ the embeddings, λ learned "
+                                      "from (1, 0)")
+    value_embeds: int = _field(0, "E tables of value embeddings: the first E and the last E blocks mix their "
+                                  "table's row for each token into its attention values (learned weights); 0: off")
 
     def __post_init__(self):
         self._check_knobs()
@@ -70,6 +77,9 @@ class ModelConfig:
         _check(self.positions != "rope" or self.n_head <= 0 or (self.n_embd // self.n_head) % 2 == 0,
                f"model.positions=rope rotates pairs of dimensions: head size n_embd/n_head must be even, "
                f"got {self.n_embd}/{self.n_head}")
+        _check(0 <= self.value_embeds <= self.n_layer // 2,
+               f"model.value_embeds={self.value_embeds} must be in [0, n_layer/2]: the first and the last "
+               f"value_embeds blocks share the tables, so they must not overlap (model.n_layer={self.n_layer})")
 
     @property
     def head_dim(self) -> int:
@@ -88,7 +98,14 @@ class ModelConfig:
     def is_gpt2(self) -> bool:
         """The architecture is GPT-2's (every knob on its default), so GPT-2 tools can read it."""
         return (self.positions, self.norm, self.mlp, self.qk_norm, self.kv_heads, self.tie_embeddings,
-                self.logit_softcap) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0)
+                self.logit_softcap, self.zero_init_proj, self.unet_skips, self.embed_skips, self.value_embeds,
+                ) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0, False, False, False, 0)
+
+    def value_table(self, layer: int) -> int | None:
+        """Which value-embedding table block `layer` mixes in: the first E blocks and the last E (in order)
+        use tables 0..E-1, as modded-nanogpt does; None for the blocks between."""
+        E, L = self.value_embeds, self.n_layer
+        return layer if layer < E else layer - (L - E) if layer >= L - E else None
 
     @property
     def n_params(self) -> int:
@@ -102,7 +119,9 @@ class ModelConfig:
         gated = self.mlp == "swiglu"
         mlp = (2 + gated) * D * F + b * ((1 + gated) * F + D)
         tables = (1 + (not self.tie_embeddings)) * self.n_vocab * D + self.n_ctx * D * (self.positions == "learned")
-        return tables + L * (2 * norm + attention + mlp) + norm
+        # The speedrun's: U-net gains, x₀ mixes per block, value tables and the mixes of their 2E blocks.
+        speedrun = self.unet_skips * (L // 2) + self.embed_skips * 2 * L + self.value_embeds * (self.n_vocab * KV + 4)
+        return tables + L * (2 * norm + attention + mlp) + norm + speedrun
 
     @property
     def n_compute_params(self) -> int:
@@ -110,7 +129,9 @@ class ModelConfig:
         only looked up (learned positions; the input token table when W_U is separate). A tied token table
         counts once, for its matmul work as the unembedding; biases and norm gains count (under 0.2%)."""
         looked_up = self.n_ctx * (self.positions == "learned") + self.n_vocab * (not self.tie_embeddings)
-        return self.n_params - looked_up * self.n_embd
+        # Value-embedding tables (model.value_embeds) are only looked up too; their mixes count as gains do.
+        value_tables = self.value_embeds * self.n_vocab * self.kv_heads * self.head_dim
+        return self.n_params - looked_up * self.n_embd - value_tables
 
     def flops_per_token(self, causal_half: bool = False) -> int:
         """Training FLOPs per token (forward + backward, one multiply-add = 2 FLOPs): 6N + 12·L·T·D.
@@ -178,6 +199,12 @@ class TrainConfig:
     max_skips: int = _field(10, "on_nonfinite=skip: stop after more than this many updates in a row are skipped")
     eval_batches: int = _field(20, "fixed batches per split for each evaluation")
     log_every: int = _field(10, "write a metrics.jsonl line every this many steps")
+    target_val_loss: float = _field(0.0, "stop at the first evaluation whose val loss is at or below this "
+                                         "(time-to-target runs); 0: off")
+    cooldown_frac: float = _field(0.0, "trapezoidal schedule: warm-up, constant, then linear down to min_lr over "
+                                       "this share of the decay steps; 0: warm-up + cosine")
+    head_lr: float = _field(0.0, "peak learning rate of the untied unembedding W_U (model.tie_embeddings=false, "
+                                 "AdamW); 0: train.lr")
     init_from: str = _field("", "fine-tune: start from a run dir, HF GPT-2 folder or gpt2[-medium|-large|-xl]")
 
     def __post_init__(self):
@@ -200,7 +227,9 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps,
                "train.lr_decay_steps must exceed train.warmup_steps")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps", "muon_lr"):
+        _check(0 <= self.cooldown_frac <= 1,
+               f"train.cooldown_frac must be in [0, 1] (0: cosine), got {self.cooldown_frac}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps", "muon_lr", "target_val_loss", "head_lr"):
             _check(getattr(self, name) >= 0 and math.isfinite(getattr(self, name)),
                    f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
         _check(0 <= self.seed <= MAX_SEED, f"train.seed must be between 0 and {MAX_SEED}, got {self.seed}")
@@ -256,6 +285,12 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        _check(not (self.train.head_lr and self.model.tie_embeddings),
+               "train.head_lr sets the untied unembedding's learning rate: also set model.tie_embeddings=false")
+        _check(not self.train.head_lr or self.train.lr > 0, "train.head_lr needs train.lr > 0 (it scales the "
+                                                            "head's AdamW step by head_lr / lr)")
 
     @property
     def tokens_per_step(self) -> int:

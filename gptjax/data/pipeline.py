@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptjax import units
 from gptjax.config import DataConfig
 from gptjax.data import hf_tokenizer, sources
 from gptjax.data import tokenizer as tokenizers
@@ -64,24 +65,15 @@ class Progress:
         if self.stage == "note":
             return f"data: {self.note}"
         if self.stage == "digest":
-            return (f"data: hashing the source once, to pin it by content: {_count(self.chars)}B of "
-                    f"{_count(self.total_bytes or 0)}B, {_duration(self.elapsed_s)}, "
-                    f"{self.fraction:4.0%}, ETA {_duration(self.eta_s or 0)}")
+            return (f"data: hashing the source once, to pin it by content: {units.size(self.chars)} of "
+                    f"{units.size(self.total_bytes or 0)}, {units.duration(self.elapsed_s)}, "
+                    f"{self.fraction:4.0%}, ETA {units.duration(self.eta_s or 0)}")
         what = "reading the char vocabulary" if self.stage == "vocabulary" else "tokenizing"
-        rate = f"{_count(self.tokens)} tokens, {_count(self.tokens_per_s)} tokens/s" if self.tokens else \
-            f"{_count(self.chars)} chars"
+        rate = f"{units.count(self.tokens)} tokens, {units.count(self.tokens_per_s)} tokens/s" if self.tokens else \
+            f"{units.count(self.chars)} chars"
         eta = "done" if self.stage == "done" else (
-            f"{self.fraction:4.0%}, ETA {_duration(self.eta_s)}" if self.eta_s is not None else "ETA unknown")
-        return f"data: {what} {self.docs:,} documents, {rate}, {_duration(self.elapsed_s)}, {eta}"
-
-
-def _count(n: float) -> str:
-    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{s:02d}s"
+            f"{self.fraction:4.0%}, ETA {units.duration(self.eta_s)}" if self.eta_s is not None else "ETA unknown")
+        return f"data: {what} {self.docs:,} documents, {rate}, {units.duration(self.elapsed_s)}, {eta}"
 
 
 def pieces(src: Source, cfg: DataConfig, cut: Callable[[str, int], int]) -> Iterator[Piece]:

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gptjax import units  # noqa: E402
 from gptjax.errors import UserError  # noqa: E402
 from gptjax.look import analysis  # noqa: E402
 
@@ -61,12 +62,11 @@ def params_rows(groups, total: int, all_layers: bool) -> list[list]:
 
 def params_text(cfg, source: str, groups, all_layers: bool = False) -> str:
     total = sum(g.count for g in groups)
-    size = f"{total / 1e9:.1f}B" if total >= 1e9 else f"{total / 1e6:.1f}M"
     return "\n".join([
         f"{source}: {cfg.n_layer} layers, {cfg.n_head} heads of size {cfg.head_dim}, n_embd {cfg.n_embd}, "
         f"n_ctx {cfg.n_ctx}, n_vocab {cfg.n_vocab}, biases {'on' if cfg.bias else 'off'}",
         table(["group", "shape", "count", "share"], params_rows(groups, total, all_layers), right={2, 3}),
-        f"{total:,} parameters ({size})"])
+        f"{total:,} parameters ({units.count(total, giga='B')})"])
 
 
 def next_table(tok, ids: list[int], logits_v: np.ndarray, probs: dict[float, np.ndarray], top: np.ndarray) -> str:

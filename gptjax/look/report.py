@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from gptjax.errors import UserError
+from gptjax.files import atomic_write
 from gptjax.look import figures, heads, hooks
 
 MAX_TOKENS = 128  # every head's T x T weights go into the page: GPT-2's 144 heads at 128 tokens are ~14 MB
@@ -188,9 +188,7 @@ def build(title: str, run, model, ids: list[int], knock: heads.Knockouts, scores
 
 
 def write(page: str, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)  # a half-written page never replaces a whole one
+        atomic_write(out, page)  # a half-written page never replaces a whole one
     except OSError as e:
         raise ReportError(f"cannot write {out}: {e.strerror or e}") from None

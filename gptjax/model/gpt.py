@@ -6,8 +6,9 @@ Dimension key, reused in einsum strings, logical sharding names and array suffix
 Keys and values have G = n_kv_head heads (G = H unless grouped); their `h` names those G.
 
 The architecture knobs (positions, norm, mlp, qk_norm, n_kv_head, tie_embeddings,
-logit_softcap) pick small parts from layers.py and rope.py; at their defaults the
-model, its parameter tree and its random draws are GPT-2's.
+logit_softcap, and the speedrun's zero_init_proj, unet_skips, value_embeds) pick small
+parts from layers.py and rope.py; at their defaults the model, its parameter tree and its
+random draws are GPT-2's.
 
 Every parameter carries its logical axis names (`axes=`) and the main activations are pinned
 by logical names too (`constrain`); sharding.py maps both to the device mesh in one table, so
@@ -43,10 +44,16 @@ class GPT(nnx.Module):
         learned = cfg.positions == "learned"  # else rotary, inside attention
         self.wpe_td = normal(rngs, (cfg.n_ctx, cfg.n_embd), (None, "embed"), 0.02) if learned else None
         self.drop = nnx.Dropout(cfg.dropout)
-        self.blocks = nnx.List([Block(cfg, self.dtype, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.blocks = nnx.List([Block(cfg, self.dtype, i, rngs=rngs) for i in range(cfg.n_layer)])
         self.ln_f = norm(cfg)
         untied = not cfg.tie_embeddings
         self.w_unembed_vd = normal(rngs, (cfg.n_vocab, cfg.n_embd), ("vocab", "embed"), 0.02) if untied else None
+        # The speedrun's extras (modded-nanogpt), drawn after every GPT-2 weight so those draw the same numbers.
+        self.skip_gain_l = constant((cfg.n_layer // 2,), (None,), 1.0, cfg.unet_skips)
+        E, G, K = cfg.value_embeds, cfg.kv_heads, cfg.head_dim
+        # At the scale of the values x·W_V they are mixed with (unit-RMS x, 0.02 weights): 0.02·√D.
+        self.w_value_evhk = normal(rngs, (E, cfg.n_vocab, G, K), (None, "vocab", "heads", "head_dim"),
+                                   0.02 * cfg.n_embd ** 0.5) if E else None
 
     def __call__(self, idx_bt: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Logits for every position; dropout is on when `rngs` is given."""
@@ -68,11 +75,32 @@ class GPT(nnx.Module):
             x_btd = x_btd + jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, idx_bt.shape[1])
         x_btd = x_btd.astype(self.dtype)
         x_btd = constrain(dropout(self.drop, x_btd, rngs), BTD)
-        new_cache = []
+        values = self.value_rows(idx_bt)
+        x0_btd, outputs, new_cache = x_btd, [], []
         for i, block in enumerate(self.blocks):
-            x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos)
+            x_btd = self.skip_in(x_btd, i, outputs)
+            x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos,
+                                       ve_bthk=values[i], x0_btd=x0_btd)
+            outputs.append(x_btd)
             new_cache.append(layer_cache)
         return self.ln_f(x_btd), (None if cache is None else new_cache)
+
+    def skip_in(self, x_btd, i: int, outputs: list) -> jax.Array:
+        """U-net (model.unet_skips): block L-1-j starts from its input plus early block j's output times a
+        learned gain, for j < L/2, so the late blocks see the early features without the middle's rewrites."""
+        L = len(self.blocks)
+        j = L - 1 - i
+        if self.skip_gain_l is None or j >= L // 2:
+            return x_btd
+        return x_btd + self.skip_gain_l[...][L // 2 - 1 - j].astype(x_btd.dtype) * outputs[j]
+
+    def value_rows(self, idx_bt) -> list[jax.Array | None]:
+        """Per block, its value-embedding table's rows for the tokens (model.value_embeds), or None."""
+        if self.w_value_evhk is None:
+            return [None] * len(self.blocks)
+        table_evhk = constrain(self.w_value_evhk[...], (None, "vocab", None, None))  # whole, as W_E
+        tables = [self.cfg.value_table(i) for i in range(len(self.blocks))]
+        return [None if e is None else table_evhk[e][idx_bt].astype(self.dtype) for e in tables]
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
         # Tied weights (GPT-2): W_U = W_Eᵀ. Logits come out float32 for a stable softmax.
@@ -86,15 +114,20 @@ class GPT(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, dtype, layer: int = 0, *, rngs: nnx.Rngs):
         self.ln_1 = norm(cfg)
-        self.attn = Attention(cfg, dtype, rngs=rngs)
+        self.attn = Attention(cfg, dtype, cfg.value_table(layer) is not None, rngs=rngs)
         self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg, dtype, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout)
+        # model.embed_skips: the block starts from λ₀·x + λ₁·x₀, learned from (1, 0): the input as it was.
+        self.x0_mix_2 = nnx.Param(jnp.array([1.0, 0.0]), axes=(None,)) if cfg.embed_skips else None
 
-    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0):
-        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos)
+    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0, ve_bthk=None, x0_btd=None):
+        if self.x0_mix_2 is not None:
+            mix = self.x0_mix_2[...].astype(x_btd.dtype)
+            x_btd = mix[0] * x_btd + mix[1] * x0_btd
+        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos, ve_bthk=ve_bthk)
         x_btd = x_btd + dropout(self.drop, attn_btd, rngs)
         x_btd = x_btd + dropout(self.drop, self.mlp(self.ln_2(x_btd)), rngs)
         return constrain(x_btd, BTD), cache
@@ -107,9 +140,10 @@ class Attention(nnx.Module):
     cache holds the G heads only.
     """
 
-    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, dtype, value_embed: bool = False, *, rngs: nnx.Rngs):
         D, H, G, K = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
         residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5  # GPT-2: keep the residual stream's variance flat in depth
+        residual_std *= not cfg.zero_init_proj  # drawn all the same: the other weights keep their numbers
         self.dtype, self.rope = dtype, cfg.positions == "rope"
         self.wq_dhk = normal(rngs, (D, H, K), ("embed", "heads", "head_dim"), 0.02)
         self.wk_dhk = normal(rngs, (D, G, K), ("embed", "heads", "head_dim"), 0.02)
@@ -122,9 +156,11 @@ class Attention(nnx.Module):
         # QK-norm (Dehghani et al. 2023): bounded logits whatever the weights grow to.
         self.q_norm = RMSNorm(K, "head_dim") if cfg.qk_norm else None
         self.k_norm = RMSNorm(K, "head_dim") if cfg.qk_norm else None
+        # Value embeddings (model.value_embeds): v = λ₀·v + λ₁·(the token's table row), both λ learned from 1/2.
+        self.ve_mix_2 = constant((2,), (None,), 0.5, value_embed)
 
-    def __call__(self, x_btd, *, cache=None, pos=0):
-        q_bthk, k_bshk, v_bshk = self.qkv(x_btd, pos)
+    def __call__(self, x_btd, *, cache=None, pos=0, ve_bthk=None):
+        q_bthk, k_bshk, v_bshk = self.qkv(x_btd, pos, ve_bthk)
         if cache is not None:  # decoding: write this chunk's keys and values at pos, attend over all slots
             k_bshk, v_bshk = (jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), pos, 1)
                               for name, new in (("k", k_bshk), ("v", v_bshk)))
@@ -135,8 +171,8 @@ class Attention(nnx.Module):
         out_bthk = attention(q_bthk, k_bshk, v_bshk, None if cache is None else pos)
         return self.out(out_bthk), cache
 
-    def qkv(self, x_btd, pos=0):
-        """Queries, keys and values per head: q_bthk, k_bthk, v_bthk (normed and rotated if configured)."""
+    def qkv(self, x_btd, pos=0, ve_bthk=None):
+        """Queries, keys and values per head: q_bthk, k_bthk, v_bthk (normed, rotated, mixed if configured)."""
         q_bthk, k_bthk, v_bthk = (
             constrain(dense(x_btd, w, b, self.dtype), BTHK)
             for w, b in ((self.wq_dhk, self.bq_hk), (self.wk_dhk, self.bk_hk), (self.wv_dhk, self.bv_hk)))
@@ -144,6 +180,9 @@ class Attention(nnx.Module):
             q_bthk, k_bthk = self.q_norm(q_bthk), self.k_norm(k_bthk)
         if self.rope:
             q_bthk, k_bthk = rope.rotate(q_bthk, pos), rope.rotate(k_bthk, pos)
+        if ve_bthk is not None:
+            mix = self.ve_mix_2[...].astype(v_bthk.dtype)
+            v_bthk = mix[0] * v_bthk + mix[1] * ve_bthk
         return q_bthk, k_bthk, v_bthk
 
     def out(self, o_bthk):

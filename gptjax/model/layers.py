@@ -26,7 +26,8 @@ class MLP(nnx.Module):
         D, F = cfg.n_embd, cfg.mlp_dim
         self.dtype, self.act = dtype, ACTIVATIONS[cfg.mlp]
         self.w_up_df = normal(rngs, (D, F), ("embed", "mlp"), 0.02)
-        self.w_down_fd = normal(rngs, (F, D), ("mlp", "embed"), 0.02 / (2 * cfg.n_layer) ** 0.5)
+        down_std = 0.02 / (2 * cfg.n_layer) ** 0.5 * (not cfg.zero_init_proj)  # drawn all the same, as W_O
+        self.w_down_fd = normal(rngs, (F, D), ("mlp", "embed"), down_std)
         self.b_up_f = constant((F,), ("mlp",), 0.0, cfg.bias)
         self.b_down_d = constant((D,), ("embed",), 0.0, cfg.bias)
         gated = cfg.mlp == "swiglu"

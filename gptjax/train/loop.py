@@ -127,14 +127,15 @@ class Loop:
                     self.clock.restart()
                     continue
             evals = self.eval_row(state, step) if is_eval else {}
-            if step == t.steps:  # logged before the save: a kill between the two resumes before both
+            done = step == t.steps or (is_eval and self.reached_target(evals, step))
+            if done:  # logged before the save: a kill between the two resumes before both
                 last = self.log_final(state, step, evals)
             if is_save:
                 self.save(state, step, evals)
                 self.saved = step
             if stopping:
                 self.interrupted(step)
-            if step == t.steps:
+            if done:
                 self.finished(step, step - start, time.perf_counter() - began)
                 return last
             if step == start:
@@ -210,6 +211,15 @@ class Loop:
         return restore_state(self.ckpts, step, self.pieces) if step else init_state(self.cfg, self.pieces)
 
     # ---------------------------------------------------------------------------
+
+    def reached_target(self, last: dict | list[dict], step: int) -> bool:
+        """train.target_val_loss: whether every run the state holds is at or below it (then it says so)."""
+        target = self.cfg.train.target_val_loss
+        rows = last if isinstance(last, list) else [last]
+        if not target or not all(row.get("val_loss", float("inf")) <= target for row in rows):
+            return False
+        self.tracker.message(f"step {step}: val loss at or below train.target_val_loss={target:g}; stopping")
+        return True
 
     def interrupted(self, step: int):
         newest = self.newest_checkpoint()

@@ -7,7 +7,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from gptjax.errors import UserError, first_line
 from gptjax.files import ReadError, atomic_write, read_json
 from gptjax.model import GPT, abstract_model
 from gptjax.train.checkpoint import CHECKPOINT_DIR, DAMAGED_DIR, CheckpointError, Checkpoints
+from gptjax.units import size
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
@@ -206,8 +206,8 @@ def check_disk_space(run_dir: Path, state_bytes: int, keep: int) -> None:
     free = shutil.disk_usage(probe).free
     if need > free:
         raise RunError(f"not enough disk space in {probe} for this run's checkpoints: each takes about "
-                       f"{_size(state_bytes)} and up to {keep + 2} exist at once ({_size(need)} needed, "
-                       f"{_size(free)} free); free some space, lower run.keep_checkpoints, "
+                       f"{size(state_bytes)} and up to {keep + 2} exist at once ({size(need)} needed, "
+                       f"{size(free)} free); free some space, lower run.keep_checkpoints, "
                        f"or set run.out_dir elsewhere")
 
 
@@ -243,15 +243,10 @@ def check_memory(cfg: config_lib.Config, mesh, copies: int = 1) -> None:
     have, what = device_memory(mesh.devices.flat[0])
     if state + activations > have:
         who, fewer = ("this run", "") if copies == 1 else (f"these {copies} seeds together", "fewer seeds, ")
-        raise RunError(f"{who} need{'s' if copies == 1 else ''} about {_size(state + activations)} per device "
-                       f"({_size(state)} parameters and optimizer state, {_size(activations)} activations), more "
-                       f"than the {_size(have)} {what}; {fewer}lower train.batch_size (or raise train.grad_accum), "
+        raise RunError(f"{who} need{'s' if copies == 1 else ''} about {size(state + activations)} per device "
+                       f"({size(state)} parameters and optimizer state, {size(activations)} activations), more "
+                       f"than the {size(have)} {what}; {fewer}lower train.batch_size (or raise train.grad_accum), "
                        f"or the model's size")
-
-
-def _size(n: int) -> str:
-    exp = min(int(math.log(max(n, 1), 1024)), 4)
-    return f"{n / 1024 ** exp:.1f} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[exp]}"
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from gptjax import progress
+from gptjax import progress, units
 from gptjax.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -122,7 +122,8 @@ class Tracker:
         if self.bar is not None:  # the bar's last state first, then the line under it
             self.bar.close()
             self.bar = None
-        print(f"done: step {step} ({trained} steps in {duration(wall_s)}{speed}); {loss}; run dir {self.path.parent}")
+        took = f"{trained} steps in {units.duration(wall_s)}{speed}"
+        print(f"done: step {step} ({took}); {loss}; run dir {self.path.parent}")
 
     def close(self) -> None:
         if not self.active:
@@ -182,15 +183,6 @@ class Clock:
         self.compile_s = None
         self.restart()
         return row
-
-
-def duration(seconds: float) -> str:
-    """4.2s, 3m07s, 2h05m."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, s = divmod(int(round(seconds)), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
 
 
 def _plain(v):
