@@ -127,7 +127,7 @@ def test_swiglu_is_about_as_big_as_gelu():
     (dict(mlp="geglu"), "model.mlp must be gelu or relu2 or swiglu"),
     (dict(n_kv_head=3), "model.n_kv_head=3 must be positive and divide model.n_head=4"),
     (dict(n_kv_head=0), "model.n_kv_head=0 must be positive"),
-    (dict(logit_softcap=-1.0), "model.logit_softcap must be >= 0"),
+    (dict(logit_softcap=-1.0), "model.logit_softcap must be a finite number >= 0"),
     (dict(positions="rope", n_embd=12, n_head=4), "head size n_embd/n_head must be even"),
 ])
 def test_bad_knobs_say_what_to_fix(bad, says):
