@@ -132,11 +132,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def make():
-        from gptjax.ablate import scaling_report
+        from gptjax.ablate import scaling_report, sweep
 
-        if args.out is None and len(args.paths) > 1:
-            raise UserError("several directories given: say where the fit goes with --out DIR")
-        out = Path(args.out or args.paths[0])
+        out = sweep.output_dir(args.paths, args.out, "the fit")
         found = fit([Path(p) for p in args.paths], args.metric)
         files = scaling_report.write(found, out, " ".join(["gptjax sweep fit", *argv]))
         print(scaling_report.markdown(found), end="")

@@ -83,11 +83,16 @@ def report_main(argv: list[str]) -> int:
     def make():
         from gptjax.ablate import report
 
-        if args.out is None and len(args.paths) > 1:
-            raise UserError("several directories given: say where the report goes with --out DIR")
-        out = Path(args.out or args.paths[0])
+        out = output_dir(args.paths, args.out, "the report")
         show(report.write([Path(p) for p in args.paths], out), out)
     return errors.run_cli(make, debug=args.debug)
+
+
+def output_dir(paths: list[str], out: str | None, what: str) -> Path:
+    """Where a report on `paths` goes: --out, or the one directory given."""
+    if out is None and len(paths) > 1:
+        raise UserError(f"several directories given: say where {what} goes with --out DIR")
+    return Path(out or paths[0])
 
 
 def show(report, out: Path) -> None:
