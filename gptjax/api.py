@@ -35,12 +35,12 @@ def sample(run, prompt: str = "", *, max_new_tokens: int = 200, num_samples: int
     import jax
 
     from gptjax import sampling
-    from gptjax.train import runs
+    from gptjax.train import resources
 
     tok = run.tokenizer
     sampling.check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                            num_samples=num_samples, vocab_size=tok.vocab_size, seed=seed)
-    sampling.check_memory(run.cfg.model, num_samples, max_new_tokens, *runs.device_memory(jax.devices()[0]))
+    sampling.check_memory(run.cfg.model, num_samples, max_new_tokens, *resources.device_memory(jax.devices()[0]))
     ids = sampling.generate(run.graphdef, run.params, run.cfg.model, tok.encode(prompt) if prompt else tok.bos_ids,
                             max_new_tokens=max_new_tokens, num_samples=num_samples, temperature=temperature,
                             top_k=top_k, top_p=top_p, seed=seed, vocab_size=tok.vocab_size, stop_id=tok.eot_id,

@@ -93,7 +93,7 @@ def sample(argv: list[str]) -> int:
         import jax
 
         from gptjax import api, sampling
-        from gptjax.train import runs
+        from gptjax.train import resources, runs
 
         # Flags and prompt are checked against the run's tokenizer before any weights load.
         cfg, tok = runs.read_files(args.run_dir)
@@ -101,7 +101,7 @@ def sample(argv: list[str]) -> int:
                        max_new_tokens=args.max_new_tokens, num_samples=args.num_samples)
         sampling.check_options(**options, vocab_size=tok.vocab_size, seed=args.seed)
         sampling.check_memory(cfg.model, args.num_samples, args.max_new_tokens,
-                              *runs.device_memory(jax.devices()[0]))  # before the weights load
+                              *resources.device_memory(jax.devices()[0]))  # before the weights load
         if args.prompt:
             tok.encode(args.prompt)
         samples = api.sample(runs.load(args.run_dir, args.step), args.prompt, **options, seed=args.seed,

@@ -30,7 +30,7 @@ import numpy as np
 
 from gptjax import data, sharding
 from gptjax.config import Config, ConfigError
-from gptjax.train import runs, trainer
+from gptjax.train import resources, runs, trainer
 from gptjax.train.loop import Loop, bits_per_byte, eval_batch, eval_bytes, local_batch
 from gptjax.train.state import Pieces, build, init_state, restore_state, save
 from gptjax.train.step import TrainState
@@ -64,7 +64,7 @@ def train(cfgs: list[Config]) -> list[dict]:
             source.check_tokenizer(ds.tokenizer)
         for c in cfgs:
             runs.check_run_dir(c, ds)
-        runs.check_memory(cfg, mesh, copies=len(cfgs))
+        resources.check_memory(cfg, mesh, copies=len(cfgs))
         single = build(cfg, mesh)
         opened = [trainer.open_run(c, ds, single, source, closing, progress=i == 0) for i, c in enumerate(cfgs)]
         starts = sorted({r.start for r in opened})

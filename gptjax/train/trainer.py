@@ -16,7 +16,8 @@ from gptjax.config import Config, ConfigError
 from gptjax.train import finetune
 from gptjax.train.checkpoint import CHECKPOINT_DIR, Checkpoints
 from gptjax.train.loop import Loop, TrainingError, eval_batch, evaluate, train_batch  # noqa: F401 (the trainer's API)
-from gptjax.train.runs import RunError, check_disk_space, check_memory, check_run_dir, lock, write_run_files
+from gptjax.train.resources import check_disk_space, check_memory
+from gptjax.train.runs import RunError, check_run_dir, lock, write_run_files
 from gptjax.train.state import Pieces, build, init_state, restore_state, resume, save, state_bytes  # noqa: F401
 from gptjax.train.step import TrainState
 from gptjax.train.stopping import KeptInterrupt, StopRequests
