@@ -21,7 +21,7 @@ import time
 import jax
 
 from gptjax import config as config_lib
-from gptjax import errors
+from gptjax import errors, progress
 
 # Dense bf16 peak FLOP/s by device_kind prefix (vendor datasheets, no sparsity).
 PEAK_FLOPS = {
@@ -169,16 +169,17 @@ def main(argv: list[str]) -> int:
 
     def run():
         cfg = config_lib.load(args.config, args.overrides)
-        parts = set(args.only.split(","))
-        rows = []
-        if "train" in parts:
-            rows.append(bench_train(cfg, args.steps))
-        if "eval" in parts:
-            rows.append(bench_eval(cfg, args.steps))
-        if "sample" in parts:
-            rows.extend(bench_sample(cfg, args.sample_tokens, args.num_samples))
-        for r in rows:
-            print(json.dumps(r), flush=True)
+        parts = {"train": (f"the train step ({args.steps} steps)", lambda: [bench_train(cfg, args.steps)]),
+                 "eval": (f"the eval step ({args.steps} steps)", lambda: [bench_eval(cfg, args.steps)]),
+                 "sample": ("the sampler (5 ways)", lambda: bench_sample(cfg, args.sample_tokens, args.num_samples))}
+        wanted = [p for p in parts if p in args.only.split(",")]
+        with progress.bar(len(wanted), "bench", unit="part") as bar:
+            for part in wanted:
+                what, measure = parts[part]
+                bar.set_postfix_str(f"timing {what}, compile included")
+                for r in measure():  # each line as soon as it is measured: nothing waits silently
+                    bar.write(json.dumps(r), file=sys.stdout)
+                bar.update()
 
     return errors.run_cli(run)
 

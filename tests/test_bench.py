@@ -34,3 +34,5 @@ def test_bench_prints_one_consistent_json_line_per_measurement():
                                                               rel=1e-3)
     assert rows["sample_past_window_cache"]["new_tokens"] == 40
     assert 0 < rows["sample_inside_window_cache"]["new_tokens"] < cfg.model.n_ctx
+    # Minutes of timing on a large config are never silent: a bar on stderr names the part being timed.
+    assert "timing the train step (3 steps)" in result.stderr and "3/3" in result.stderr
