@@ -125,9 +125,10 @@ BUGS = [
         '        if not is_weight(path) or name in TABLES:', "        if not is_weight(path):",
         (f"{RECIPE}::test_muon_steps_equal_an_independent_reference",)),
     Bug("cosine decay counted from the end of warm-up", "gptjax/train/optim.py",
-        "        decay_steps=cfg.decay_steps, end_value=cfg.min_lr * peak / cfg.lr if cfg.lr else 0.0)",
-        "        decay_steps=cfg.decay_steps + cfg.warmup_steps, "
-        "end_value=cfg.min_lr * peak / cfg.lr if cfg.lr else 0.0)",
+        "        init_value=0.0, peak_value=peak, warmup_steps=cfg.warmup_steps, decay_steps=cfg.decay_steps, "
+        "end_value=end)",
+        "        init_value=0.0, peak_value=peak, warmup_steps=cfg.warmup_steps, "
+        "decay_steps=cfg.decay_steps + cfg.warmup_steps, end_value=end)",
         (ADAMW,)),
     # Sampling: filters, temperature, cache
     Bug("top-k keeps k+1 tokens", "gptjax/sampling.py",
