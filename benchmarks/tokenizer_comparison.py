@@ -55,11 +55,7 @@ def bits_per_byte(run_dir: Path, text: str) -> tuple[float, float]:
     for i in range(0, n, 64):
         logits = model(jnp.asarray(x[i:i + 64]))[..., :tok.vocab_size]
         nats += float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y[i:i + 64])).sum())
-    # token_bytes is the HF kind's; char and GPT-2 get theirs with bits per byte (a1-flops): decode each id
-    lengths = getattr(tok, "token_bytes", None)
-    if lengths is None:
-        lengths = np.array([len(tok.decode([i]).encode()) for i in range(tok.vocab_size)])
-    n_bytes = int(lengths[y].sum())
+    n_bytes = int(tokenizers.token_bytes(tok)[y].sum())  # the byte table evaluation's val_bpb uses
     return nats / math.log(2) / n_bytes, n_bytes / y.size
 
 

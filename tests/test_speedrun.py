@@ -19,7 +19,7 @@ from .conftest import run_in_process
 BASE = dict(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 IDX = (jnp.arange(32).reshape(2, 16) * 7) % 97
 
-# The GPT-2 model at BASE as the code built it before these knobs existed (f-speedrun's parent commit).
+# The GPT-2 model at BASE as the code built it before these knobs existed (the commit before the speedrun's levers).
 GPT2_LEAVES = 36
 GPT2_ABS_SUM = 527.6422829627991
 GPT2_LOGITS = (25.810197830200195, 292.47210693359375,
