@@ -2,6 +2,10 @@
 
 The file itself is the description: a run directory's `tokenizer.json` is the Hugging Face file, so
 `tokenizers.Tokenizer.from_file` and `transformers` read it as they read any hub model's.
+
+One engine per file, everywhere (preparation, prompts, inspect, the API), so prompts and prepared data
+never disagree: tiktoken for a rank-consistent byte-level BPE (bpe_ranks.py: what `gptjax tokenizer
+train` writes; the same ids, several times faster), `tokenizers` for any other file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import json
 import re
 
 import numpy as np
+
+from gptjax.data import bpe_ranks
+from gptjax.data.bpe_ranks import BYTE_OF
 
 # Tokens that end a document, most usual first: the one a sampler stops at and preparation appends.
 EOT_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "[SEP]")
@@ -29,20 +36,6 @@ class UnsupportedKind(HFTokenizerError):
     """A well-formed tokenizer of a kind gptjax refuses; the message says why."""
 
 
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: the printable character standing for each byte, inverted."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-BYTE_OF = _bytes_to_unicode()
 BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
@@ -63,6 +56,9 @@ class HFTokenizer:
             raise HFTokenizerError(f"not a Hugging Face tokenizer.json ({str(e).splitlines()[0][:120]})") from None
         self.spec = spec
         self.model_type = kind
+        self.digest = spec_digest(spec)
+        self.fast = bpe_ranks.encoding(spec, self.digest)  # a tiktoken Encoding, or None
+        self.engine = "tokenizers" if self.fast is None else "tiktoken"
         # Text is data, never control: a literal "<|endoftext|>" in a document is ordinary characters.
         self.tok.encode_special_tokens = True
         vocab = self.tok.get_vocab(with_added_tokens=True)
@@ -72,18 +68,21 @@ class HFTokenizer:
         bos = next((vocab[n] for n in ("<|begin_of_text|>", "<s>", "<bos>", "[CLS]") if n in specials), None)
         self.bos_ids = [self.eot_id if self.eot_id is not None else bos if bos is not None else 0]
 
-    @property
-    def digest(self) -> str:
-        return spec_digest(self.spec)
-
     def encode(self, text: str) -> list[int]:
+        if self.fast is not None:  # ordinary: a literal "<|endoftext|>" is text, as encode_special_tokens says
+            return self.fast.encode_ordinary(text)
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.fast is not None:
+            return [self.fast.encode_ordinary(text) for text in texts]
         return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=False)
+        ids = [int(i) for i in ids if 0 <= i < self.vocab_size]
+        if self.fast is not None:
+            return self.fast.decode(ids)  # invalid UTF-8 becomes U+FFFD, as `tokenizers`' from_utf8_lossy does
+        return self.tok.decode(ids, skip_special_tokens=False)
 
     def to_json(self) -> dict:
         return self.spec

@@ -137,18 +137,27 @@ def _encoded(chunk: list[Piece], ids: np.ndarray, lengths: np.ndarray) -> Encode
 def encode_gpt2(chunk: list[Piece]) -> Encoded:
     """Token ids of a chunk, each document ending with <|endoftext|>."""
     enc = tokenizers.gpt2_encoding()
-    eot = np.array([enc.eot_token], dtype=np.uint32)
+    return encode_tiktoken(chunk, enc, enc.eot_token)
+
+
+def encode_tiktoken(chunk: list[Piece], enc, eot_id: int | None) -> Encoded:
+    """Token ids of a chunk under a tiktoken Encoding, each document ending with `eot_id` (if any)."""
+    eot = np.array([] if eot_id is None else [eot_id], dtype=np.uint32)
     # encode_to_numpy with no special tokens allowed is encode_ordinary without a Python int per token.
     ids = [enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=()) for _, text, _, _ in chunk]
     parts = itertools.chain.from_iterable((a, eot) if piece[3] else (a,) for a, piece in zip(ids, chunk))
-    lengths = np.fromiter((len(a) + piece[3] for a, piece in zip(ids, chunk)), dtype=np.int64, count=len(chunk))
-    return _encoded(chunk, np.concatenate(list(parts)).astype(np.uint16), lengths)
+    lengths = np.fromiter((len(a) + piece[3] * len(eot) for a, piece in zip(ids, chunk)), dtype=np.int64,
+                          count=len(chunk))
+    dtype = np.uint16 if enc.max_token_value < 1 << 16 else np.uint32
+    return _encoded(chunk, np.concatenate(list(parts)).astype(dtype), lengths)
 
 
 def encode_hf(chunk: list[Piece], path: str, digest: str) -> Encoded:
     """Token ids of a chunk under a Hugging Face tokenizer, each document ending with its
     end-of-text token when it has one (else documents simply follow each other)."""
     tok = hf_tokenizer.cached(path, digest)
+    if tok.fast is not None:  # a rank-consistent byte-level BPE: GPT-2's path, with the file's ranks
+        return encode_tiktoken(chunk, tok.fast, tok.eot_id)
     ids = tok.encode_batch([text for _, text, _, _ in chunk])
     ends = [piece[3] and tok.eot_id is not None for piece in chunk]
     flat = itertools.chain.from_iterable((a, (tok.eot_id,)) if end else (a,) for a, end in zip(ids, ends))

@@ -8,13 +8,14 @@ source that is one text file (the built-in play) holds out its tail.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 from gptjax.config import DataConfig
-from gptjax.data import pipeline, sources
+from gptjax.data import bpe_ranks, pipeline, sources
 from gptjax.data import tokenizer as tokenizers
 from gptjax.data.sources import Source
 
@@ -60,7 +61,8 @@ def with_progress(stream: Iterable[str], total_chars: float | None, report: Call
 
 
 def train_bpe(stream: Iterable[str], vocab_size: int) -> str:
-    """A byte-level BPE (GPT-2's split and byte alphabet, <|endoftext|> as id 0) as tokenizer.json text.
+    """A byte-level BPE (GPT-2's split and byte alphabet, <|endoftext|> as id 0) as tokenizer.json text,
+    in the rank-consistent form (bpe_ranks.py), so that gptjax encodes it with tiktoken.
 
     Deterministic: the same text and size give the same file, byte for byte."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -71,7 +73,10 @@ def train_bpe(stream: Iterable[str], vocab_size: int) -> str:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[tokenizers.EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(stream, trainer)
-    return tok.to_str(pretty=True)
+    # The trainer's merges are one split per token, in the order learnt: the same vocabulary with every
+    # split of every token (ordered by ids) tokenizes the same way and is what tiktoken's rule computes.
+    spec = bpe_ranks.make_rank_consistent(json.loads(tok.to_str()))
+    return Tokenizer.from_str(json.dumps(spec)).to_str(pretty=True)
 
 
 @dataclasses.dataclass(frozen=True)
