@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -34,6 +35,16 @@ def test_training_is_deterministic_and_has_an_end_of_text_token(bpe):
     tok = tokenizers.load(bpe)
     assert (tok.kind, tok.vocab_size, tok.eot_id, tok.bos_ids) == ("hf", 400, 0, [0])
     assert tok.decode([tok.eot_id]) == "<|endoftext|>"
+
+
+def test_training_counts_the_words_of_the_whole_text_whatever_the_pieces():
+    """The trainer is fed small pieces (faster), cut only where the pre-tokenizer splits anyway: the same
+    words are counted, so the same file is learnt, as from the whole text at once."""
+    text = PLAY[:20_000] + "x" * 300 + " a\n \n\n  b \u0085c\u00a0 d\t\n" * 20 + "=" * 200 + "\n" + PLAY[-5000:]
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True).pre_tokenize_str
+    pieces = list(tokenizer_train.small_pieces([text], size=64))
+    assert "".join(pieces) == text and len(pieces) > 300 and max(map(len, pieces)) > 300  # the run of x: whole
+    assert Counter(p for piece in pieces for p, _ in split(piece)) == Counter(p for p, _ in split(text))
 
 
 @pytest.mark.parametrize("text", HARD + [PLAY[-3000:]])

@@ -72,11 +72,25 @@ def train_bpe(stream: Iterable[str], vocab_size: int) -> str:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[tokenizers.EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(stream, trainer)
+    tok.train_from_iterator(small_pieces(stream), trainer)
     # The trainer's merges are one split per token, in the order learnt: the same vocabulary with every
     # split of every token (ordered by ids) tokenizes the same way and is what tiktoken's rule computes.
     spec = bpe_ranks.make_rank_consistent(json.loads(tok.to_str()))
     return Tokenizer.from_str(json.dumps(spec)).to_str(pretty=True)
+
+
+def small_pieces(stream: Iterable[str], size: int = 4096) -> Iterator[str]:
+    """Each text cut into pieces of about `size` characters, only where GPT-2's pre-tokenizer splits anyway,
+    so the trainer counts exactly the words of the whole (a text with no such place stays whole). `tokenizers`
+    counts words in small texts faster than in long ones (15% less CPU than the 1M-character pieces)."""
+    for text in stream:
+        while len(text) > size:
+            at = pipeline.bpe_cut(text, size)
+            if at >= size:  # no whitespace to cut at: an arbitrary cut would split a word in two
+                break
+            yield text[:at]
+            text = text[at:]
+        yield text
 
 
 @dataclasses.dataclass(frozen=True)
