@@ -73,11 +73,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-mb", type=int, default=100, help="corpus the tokenizer is trained on")
     p.add_argument("--prepare-mb", type=int, default=1024, help="corpus both tokenizers prepare")
+    p.add_argument("--size-mb", type=int, help="one corpus of this size for both (the 2026-12-06 measurement)")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--num-proc", type=int, default=0)
     p.add_argument("--repeat", type=int, default=2, help="preparation rounds, GPT-2 and the BPE alternating")
     p.add_argument("--work", type=Path, default=Path("/tmp/gptjax-tokenizer-speed"))
     args = p.parse_args()
+    if args.size_mb:
+        args.train_mb = args.prepare_mb = args.size_mb
     small, big, bpe = corpus(args.work, args.train_mb), corpus(args.work, args.prepare_mb), args.work / "bpe"
     print(json.dumps({"cpus": os.cpu_count(), "load": load()}), flush=True)
     trained = train(small, bpe, args.vocab_size)
