@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import pytest
+import tiktoken
+from tiktoken_ext.openai_public import r50k_pat_str
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptjax.config import DataConfig
@@ -17,6 +19,12 @@ from tests.test_own_tokenizer import HARD, PLAY
 EDGES = HARD + ["<|endoftext|>", "a<|endoftext|>b <|endoftext|>\n", "\u2028\u2029\u3000\u00a0 x\u200b",
                 " \n \n\n  word  \t\n", "x" + "\U0001F600" * 30, "\u00e9\u0301\u0308" * 40, "1234567 89 ,,,;;",
                 "''s'S'll 'VE", "\x85\x0b\x0c\x1c mixed", "\ufffd\ufffe\uffff"]
+
+# Each code point in the contexts GPT-2's split tells apart (letters, numbers, spaces before, runs, line ends,
+# contractions, the end of the text): all of them up to U+3100 (every script's common letters, all the
+# spaces, U+2028, U+3000), and a spread of the rest.
+CODE_POINTS = [chr(c) for c in [*range(0x3100), *range(0x3100, 0x110000, 61)] if not 0xD800 <= c < 0xE000]
+SWEEP = [f"a{c}b {c}{c} 1{c}\n{c}\n's{c} 'll {c}  {c}x{c}\t{c}" for c in CODE_POINTS]
 
 
 def _trained(text: str, vocab_size: int) -> dict:
@@ -65,7 +73,17 @@ def test_trained_file_is_rank_consistent_and_deterministic(bpe2048):
 
 
 def test_tiktoken_gives_the_ids_of_tokenizers_on_the_play_and_hard_text(bpe2048):
-    _same_ids(bpe2048, [PLAY] + PLAY.splitlines(keepends=True)[:4000] + EDGES)
+    _same_ids(bpe2048, [PLAY] + PLAY.splitlines(keepends=True)[:4000] + EDGES + SWEEP)
+
+
+def test_gptjax_split_is_tiktokens_r50k_split():
+    """GPT2_SPLIT, r50k's pattern regrouped for speed, gives tiktoken's own GPT-2 ids."""
+    ours = tokenizers.gpt2_encoding()
+    stock = tiktoken.Encoding("r50k", pat_str=r50k_pat_str, mergeable_ranks=ours._mergeable_ranks,
+                              special_tokens=ours._special_tokens)
+    assert ours._pat_str != stock._pat_str
+    texts = [PLAY, *EDGES, *SWEEP]
+    assert ours.encode_ordinary_batch(texts) == stock.encode_ordinary_batch(texts)
 
 
 def test_tiktoken_gives_the_ids_of_tokenizers_on_token_soup(bpe2048):

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 
 import tiktoken
-from tiktoken_ext.openai_public import r50k_pat_str
+
+from gptjax.data.tokenizer import GPT2_SPLIT
 
 # Model fields whose value changes how text becomes tokens: anything but these values is another algorithm.
 PLAIN_BPE = {"dropout": None, "unk_token": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
              "fuse_unk": False, "byte_fallback": False}
-GPT2_SPLIT = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+BYTE_LEVEL_SPLIT = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 
 
 def complete_merges(vocab: dict[str, int], specials: set[str]) -> list[list[str]]:
@@ -78,7 +79,7 @@ def _build(spec: dict) -> tiktoken.Encoding | None:
     added = spec.get("added_tokens") or []
     if not (isinstance(model, dict) and model.get("type") == "BPE" and model.get("ignore_merges") is True
             and all(model.get(k) == v for k, v in PLAIN_BPE.items()) and spec.get("normalizer") is None
-            and _has(spec.get("pre_tokenizer"), GPT2_SPLIT) and _has(spec.get("decoder"), {"type": "ByteLevel"})
+            and _has(spec.get("pre_tokenizer"), BYTE_LEVEL_SPLIT) and _has(spec.get("decoder"), {"type": "ByteLevel"})
             and (spec.get("post_processor") is None or _has(spec["post_processor"], {"type": "ByteLevel"}))
             and all(t.get("special") is True for t in added)):  # a non-special added token is matched in text
         return None
@@ -89,7 +90,7 @@ def _build(spec: dict) -> tiktoken.Encoding | None:
     merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges") or []]
     if merges != complete_merges(vocab, set(specials)):
         return None
-    return tiktoken.Encoding(name="rank-consistent-bpe", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+    return tiktoken.Encoding(name="rank-consistent-bpe", pat_str=GPT2_SPLIT, mergeable_ranks=ranks,
                              special_tokens=specials)
 
 
