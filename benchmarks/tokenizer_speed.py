@@ -69,6 +69,40 @@ def prepare(corpus_dir: Path, tokenizer: str, cache: Path, num_proc: int) -> dic
             "mb_per_s": round(mb / row["wall_s"], 2), "load_before": before, "load_after": load()}
 
 
+ENGINES = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from prepare_data import stock_gpt2_encoding
+from gptjax.data import tokenizer
+texts = [json.loads(line)["text"] for path in sorted(Path(sys.argv[1]).glob("*.jsonl")) for line in open(path)]
+texts = texts[:next(i for i, n in enumerate(__import__("itertools").accumulate(map(len, texts))) if n > 20e6)]
+bpe = tokenizer.load_path(sys.argv[2])
+engines = {"gpt2, tiktoken's r50k pattern": stock_gpt2_encoding(), "gpt2, GPT2_SPLIT": tokenizer.gpt2_encoding(),
+           "bpe, tiktoken + GPT2_SPLIT": bpe.fast, "bpe, tokenizers": bpe.tok}
+for name, enc in engines.items():
+    best = float("inf")
+    for _ in range(1 if name.endswith("tokenizers") else 3):
+        t0 = time.perf_counter()
+        if name.endswith("tokenizers"):
+            n = sum(len(e.ids) for e in enc.encode_batch_fast(texts, add_special_tokens=False))
+        else:
+            n = sum(len(enc.encode_to_numpy(t, allowed_special=set(), disallowed_special=())) for t in texts)
+        best = min(best, time.perf_counter() - t0)
+    print(json.dumps({"engine": name, "chars": sum(map(len, texts)), "tokens": n, "wall_s": round(best, 3)}))
+"""
+
+
+def engines(corpus_dir: Path, bpe: Path) -> list[dict]:
+    """Each encoder alone on 20 MB of the corpus, in one process (the best of 3; `tokenizers` runs once, on
+    every core): what the pipeline's workers spend their time on."""
+    out = subprocess.run([sys.executable, "-c", ENGINES, str(corpus_dir), str(bpe / "tokenizer.json"),
+                          str(Path(__file__).resolve().parent)], check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    return [{**r, "mb_per_s": round(r["chars"] / r["wall_s"] / 2**20, 2),
+             "tokens_per_s": round(r["tokens"] / r["wall_s"])} for r in rows]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-mb", type=int, default=100, help="corpus the tokenizer is trained on")
@@ -86,6 +120,8 @@ def main() -> None:
     trained = train(small, bpe, args.vocab_size)
     print(json.dumps({"what": f"train {args.vocab_size} BPE on {args.train_mb} MB (process included)", **trained}),
           flush=True)
+    for row in engines(small, bpe):
+        print(json.dumps({"what": "encode 20 MB in one process", **row, "load": load()}), flush=True)
     runs = {"gpt2": [], "bpe": []}
     for _ in range(args.repeat):
         for name, tok in (("gpt2", "gpt2"), ("bpe", str(bpe / "tokenizer.json"))):
