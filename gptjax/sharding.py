@@ -104,6 +104,10 @@ def sync(name: str) -> None:
 
 
 _cores_split_for_runs = False  # set by split_cores_for_runs: the CPU cores serve stacked runs
+# Below this many FLOPs per run and step, a stack stays on one core. Such a step is a few milliseconds of
+# work, and a program over two cores pays per step for starting on both and waits for the slower one: on 2
+# shared cores, 2 seeds of a 16-wide model trained 1.4-2x faster on one core (BENCHMARKS.md, "Seeds together").
+SPLIT_MIN_STEP_FLOPS = 5e8
 
 
 def mesh_devices(cfg: MeshConfig, rows: int) -> list:
@@ -146,17 +150,19 @@ def split_cores_for_runs() -> None:
     _cores_split_for_runs = True
 
 
-def runs_meshes(mesh: Mesh, n_runs: int) -> list[tuple[Mesh, int]]:
+def runs_meshes(mesh: Mesh, n_runs: int, step_flops: float = float("inf")) -> list[tuple[Mesh, int]]:
     """Where n_runs stacked runs train: [(mesh with a leading `runs` axis, how many of the runs it holds)].
 
     On cores split for runs, each core holds whole runs, spread as evenly as the cores allow. When
     they do not divide the runs, the runs split into two stacks side by side (3 on 2 cores: 2 on one
     core, 1 on the other), each its own program: one stack on one core would train all 3 at the pace
-    of 3, two at the pace of 2 (BENCHMARKS.md, "Seeds together"). Anywhere else: one stack, its runs
-    axis of size 1, every run laid out on `mesh` as it would be alone.
+    of 3, two at the pace of 2 (BENCHMARKS.md, "Seeds together"). For runs whose step is smaller than
+    SPLIT_MIN_STEP_FLOPS (`step_flops`, each), and anywhere else: one stack, its runs axis of size 1,
+    every run laid out on `mesh` as it would be alone.
     """
     devices = jax.devices()
-    if not (_cores_split_for_runs and mesh.size == 1 and jax.process_count() == 1):
+    split = _cores_split_for_runs and mesh.size == 1 and jax.process_count() == 1
+    if not split or step_flops < SPLIT_MIN_STEP_FLOPS:
         return [(Mesh(mesh.devices[None], (RUNS, *mesh.axis_names), AUTO * 3), n_runs)]
     cores = min(len(devices), n_runs)
     each, more = divmod(n_runs, cores)  # `more` cores hold one run more than the others

@@ -18,8 +18,9 @@ from gptjax.train.tracking import read_metrics
 from .conftest import ROOT, run_script
 
 # Dropout on, so each seed's own dropout keys count; grad_accum 2, so each seed's micro-batches do.
-COMMON = ["model.dropout=0.1", "train.grad_accum=2", "train.eval_every=4", "train.log_every=2",
-          "train.lr_decay_steps=8", "train.warmup_steps=2"]
+# Batch 96: a step of 5.8e8 FLOPs, over sharding.SPLIT_MIN_STEP_FLOPS, so split cores do take a seed each.
+COMMON = ["model.dropout=0.1", "train.grad_accum=2", "train.batch_size=96", "train.eval_every=4",
+          "train.log_every=2", "train.lr_decay_steps=8", "train.warmup_steps=2"]
 CURVES = ("train_loss", "grad_norm", "lr", "eval_train_loss", "val_loss")
 
 
@@ -104,6 +105,7 @@ def test_seeds_spread_over_the_cpu_cores_train_as_their_separate_runs(separate, 
     cores = len(os.sched_getaffinity(0))
     probe = json.loads(out.stdout)
     assert (probe["devices"], probe["single_run"], probe["4 seeds"]) == (cores, 1, [[min(cores, 4), 4]])
+    assert probe["4 small seeds"] == [[1, 4]]  # a step under SPLIT_MIN_STEP_FLOPS keeps its stack on one core
     if cores == 2:  # 3 seeds: two on one core, one on the other, side by side
         assert probe["3 seeds"] == [[1, 2], [1, 1]]
 
@@ -131,7 +133,8 @@ import jax
 from gptjax.config import MeshConfig
 mesh = sharding.make_mesh(MeshConfig(), sharding.mesh_devices(MeshConfig(), 12))
 print(json.dumps({"devices": jax.device_count(), "single_run": mesh.size,
-                  **{f"{n} seeds": [[m.shape["runs"], k] for m, k in sharding.runs_meshes(mesh, n)] for n in (4, 3)}}))
+                  **{f"{n} seeds": [[m.shape["runs"], k] for m, k in sharding.runs_meshes(mesh, n)] for n in (4, 3)},
+                  "4 small seeds": [[m.shape["runs"], k] for m, k in sharding.runs_meshes(mesh, 4, step_flops=1e8)]}))
 """
 
 

@@ -1,10 +1,12 @@
 """Looking inside a GPT: parameter accounting, next-token distributions, attention maps,
 embedding geometry and the logit lens, as pure functions that return arrays and rows.
 
-Everything reuses the model's own modules and parameters (`model.blocks`, `block.ln_1`,
-`attn.wq_dhk`, `model.ln_f`, `model.unembed`), so what is shown is what the model computes;
-tests check each piece against the model's own forward pass. Printing and plotting live
-in gptjax/inspect.py. Arrays for one prompt drop the batch axis (`attn_lhts`, `logits_ltv`).
+Nothing here computes a forward pass of its own: the residual stream is the model's
+(`GPT.stream`, which its `__call__` runs), attention weights come through its tap (hooks.py),
+and the lens reads through its own `ln_f` and `unembed`, so every architecture knob the model
+has is in what is shown; tests check each piece against the model's logits on every preset's
+architecture. Printing and plotting live in render.py. Arrays for one prompt drop the batch
+axis (`attn_lhts`, `logits_ltv`).
 """
 
 from __future__ import annotations
@@ -16,28 +18,36 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax.model import GPT, add_bias
+from gptjax.look import hooks
+from gptjax.model import GPT
 
 # ---------------------------------------------------------------------------
 # Parameter accounting
 
-# Parameter path (below a block, or at the top) -> the group it is counted in; a weight
-# and its bias share a group. The order here is the order of the table.
+# Parameter path (below a block, or at the top; a module's path names all its parameters) -> the
+# group it is counted in; a weight and its bias share a group. The order here is the order of the
+# table, the forward pass's; {norm} is the model's norm, LayerNorm or RMSNorm.
 GROUPS = {
     "wte_vd": "token embedding W_E",
     "wpe_td": "position embedding W_P",
-    "ln_1": "LayerNorm ln_1",
+    "w_value_evhk": "value embeddings",
+    "x0_mix_2": "embedding skip mix λ",
+    "ln_1": "{norm} ln_1",
     "attn.wq_dhk": "query W_Q", "attn.bq_hk": "query W_Q",
     "attn.wk_dhk": "key W_K", "attn.bk_hk": "key W_K",
     "attn.wv_dhk": "value W_V", "attn.bv_hk": "value W_V",
+    "attn.q_norm": "query norm (QK-norm)", "attn.k_norm": "key norm (QK-norm)",
+    "attn.ve_mix_2": "value-embedding mix λ",
     "attn.wo_hkd": "output W_O", "attn.bo_d": "output W_O",
-    "ln_2": "LayerNorm ln_2",
+    "ln_2": "{norm} ln_2",
     "mlp.w_up_df": "MLP up W_in", "mlp.b_up_f": "MLP up W_in",
+    "mlp.w_gate_df": "MLP gate W_gate", "mlp.b_gate_f": "MLP gate W_gate",
     "mlp.w_down_fd": "MLP down W_out", "mlp.b_down_d": "MLP down W_out",
-    "ln_f": "final LayerNorm ln_f",
-    "wu_dv": "unembedding W_U",  # the name an untied unembedding would carry
+    "skip_gain_l": "U-net skip gains",
+    "ln_f": "final {norm} ln_f",
+    "w_unembed_vd": "unembedding W_U",
 }
-ORDER = list(dict.fromkeys(GROUPS.values()))
+EMBEDDINGS = ("wte_vd", "wpe_td", "w_value_evhk")  # the groups before the blocks
 TIED_UNEMBEDDING = "unembedding W_U (tied: W_E transposed)"
 
 
@@ -49,30 +59,33 @@ class ParamGroup:
     count: int  # 0 for a tied matrix: its weights are already counted in W_E
 
 
-def _group_of(path: tuple) -> tuple[int | None, str]:
+def _group_of(path: tuple, norm: str) -> tuple[int | None, str]:
     layer = path[1] if path[0] == "blocks" else None
-    rest = path[2:] if layer is not None else path
-    key = ".".join(map(str, rest))
-    # LayerNorm parameters (scale_d, bias_d) group under their module; an unknown
-    # parameter keeps its own name, so the total stays the model's real count.
-    return layer, GROUPS.get(key) or GROUPS.get(str(rest[0])) or key
+    rest = tuple(map(str, path[2:] if layer is not None else path))
+    # The longest prefix of the path that names a group: a norm's scale_d and bias_d group under it.
+    # An unknown parameter keeps its own name, so the total stays the model's real count.
+    keys = [".".join(rest[:n]) for n in range(len(rest), 0, -1)]
+    return layer, next((GROUPS[k] for k in keys if k in GROUPS), keys[0]).format(norm=norm)
 
 
 def param_groups(model: nnx.Module) -> list[ParamGroup]:
     """Every parameter of `model` (real or from nnx.eval_shape), grouped and ordered as the forward pass meets them."""
+    norm = "LayerNorm" if model.cfg.norm == "layernorm" else "RMSNorm"
+    order = list(dict.fromkeys(name.format(norm=norm) for name in GROUPS.values()))
     shapes: dict[tuple[int | None, str], list[tuple[int, ...]]] = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        shapes.setdefault(_group_of(path), []).append(tuple(var.get_value().shape))
+        shapes.setdefault(_group_of(path, norm), []).append(tuple(var.get_value().shape))
     groups = [ParamGroup(name, layer, tuple(sorted(s, key=len, reverse=True)), sum(int(np.prod(x)) for x in s))
               for (layer, name), s in shapes.items()]
-    if not any(g.name == "unembedding W_U" for g in groups):
+    if not any(g.name == GROUPS["w_unembed_vd"] for g in groups):
         v, d = model.wte_vd.get_value().shape
         groups.append(ParamGroup(TIED_UNEMBEDDING, None, ((d, v),), 0))
+    first = {GROUPS[k] for k in EMBEDDINGS}
 
     def place(g: ParamGroup):
-        # Embeddings, then the blocks in order, then ln_f and W_U.
-        stage = 1 if g.layer is not None else (0 if g.name in (GROUPS["wte_vd"], GROUPS["wpe_td"]) else 2)
-        rank = ORDER.index(g.name) if g.name in ORDER else len(ORDER)
+        # Embeddings, then the blocks in order, then the rest (ln_f, W_U).
+        stage = 1 if g.layer is not None else (0 if g.name in first else 2)
+        rank = order.index(g.name) if g.name in order else len(order)
         return stage, g.layer or 0, rank, g.name
     return sorted(groups, key=place)
 
@@ -95,35 +108,9 @@ def prompt_ids(tokenizer, text: str, n_ctx: int) -> list[int]:
     return ids[-n_ctx:]
 
 
-def embed(model: GPT, idx_bt: jax.Array) -> jax.Array:
-    """Token plus position embeddings, as the first lines of `GPT.hidden` (no dropout)."""
-    T = idx_bt.shape[1]
-    return (model.wte_vd[...][idx_bt] + model.wpe_td[...][:T]).astype(model.dtype)
-
-
 def residual_stream(model: GPT, idx_bt: jax.Array) -> list[jax.Array]:
-    """The residual stream after the embeddings and after each block: n_layer + 1 arrays x_btd."""
-    xs = [embed(model, idx_bt)]
-    for block in model.blocks:
-        xs.append(block(xs[-1])[0])
-    return xs
-
-
-def attention_probs(attn, x_btd: jax.Array) -> jax.Array:
-    """softmax(QKᵀ/√K) with the causal mask, from the layer's own W_Q, W_K and biases.
-
-    `x_btd` is the attention layer's input (the block's ln_1 output). The model's own attention
-    (`model.attention`) never returns these weights, so they are recomputed.
-    """
-    dtype = attn.dtype
-    q_bthk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, attn.wq_dhk[...].astype(dtype)), attn.bq_hk)
-    # b_K shifts a whole row of scores by q·b_K, which softmax ignores; kept so the scores are the model's own.
-    k_bshk = add_bias(jnp.einsum("btd,dhk->bthk", x_btd, attn.wk_dhk[...].astype(dtype)), attn.bk_hk)
-    scores_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk,
-                             preferred_element_type=jnp.float32) / jnp.sqrt(q_bthk.shape[-1])
-    T, S = scores_bhts.shape[-2:]
-    causal_ts = jnp.arange(S)[None, :] <= jnp.arange(T)[:, None]
-    return jax.nn.softmax(jnp.where(causal_ts, scores_bhts, -jnp.inf), axis=-1)
+    """The residual stream after the embeddings and after each block: n_layer + 1 arrays x_btd, the model's own."""
+    return model.stream(idx_bt)[0]
 
 
 def attention_maps(model: GPT, ids: list[int]) -> np.ndarray:
@@ -133,8 +120,8 @@ def attention_maps(model: GPT, ids: list[int]) -> np.ndarray:
 
 def logit_lens(model: GPT, ids: list[int]) -> np.ndarray:
     """Next-token logits read off the residual stream after the embeddings and after each block,
-    through the model's own ln_f and tied unembedding: logits_ltv with n_layer + 1 rows.
-    The last row is exactly the model's output."""
+    through the model's own ln_f and unembedding (tied or not, soft-capped if the model is):
+    logits_ltv with n_layer + 1 rows. The last row is exactly the model's output."""
     return np.asarray(_logit_lens(model, jnp.asarray([ids], jnp.int32))[0])
 
 
@@ -146,8 +133,8 @@ def next_logits(model: GPT, ids: list[int], vocab_size: int) -> np.ndarray:
 # Compiled once per prompt length: op-by-op execution would compile every op separately.
 @nnx.jit
 def _attention_maps(model: GPT, idx_bt: jax.Array) -> jax.Array:
-    xs = residual_stream(model, idx_bt)
-    return jnp.stack([attention_probs(block.attn, block.ln_1(x_btd)) for block, x_btd in zip(model.blocks, xs)], 1)
+    _, cache = hooks.forward(model, idx_bt, hooks.Patch.identity(model.cfg))  # only the weights leave the program
+    return jnp.moveaxis(cache.probs_lbhts, 0, 1)
 
 
 @nnx.jit

@@ -33,9 +33,13 @@ def roles_table(scores: dict[str, np.ndarray]) -> str:
 def attribution_table(a, token: str) -> str:
     rows = [[part, f"{v:+.4f}"] for part, v in a.rows()]
     return "\n".join([
-        f"direct logit attribution of {token} at position {a.position}: logit {a.logit:.4f}, parts sum to "
-        f"{a.total():.4f} (final LayerNorm linearised: its σ frozen at this position's value)",
+        f"direct logit attribution of {token} at position {a.position}: logit {a.logit:.4f}{before_cap(a)}, "
+        f"parts sum to {a.total():.4f} ({a.note()})",
         table(["part", "contribution"], rows, right={1})])
+
+
+def before_cap(a) -> str:
+    return f" ({a.uncapped:.4f} before the soft cap)" if a.softcap else ""
 
 
 def heatmaps(panels: list[tuple[str, np.ndarray, list[str]]], rows: list[str], label: str, diverging: bool):

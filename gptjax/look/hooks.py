@@ -1,10 +1,11 @@
 """A forward pass with every activation cached, and heads or sublayers patched: the API under `inspect heads`.
 
-The pass is the model's own, one block at a time: `block.ln_1`, the layer's attention
-weights (`analysis.attention_probs`, from its own W_Q and W_K), its W_V and W_O, `block.ln_2`,
-`block.mlp`, `model.ln_f` and `model.unembed`. It stops at the one place where the model
-sums over heads (W_O), so each head's output z_bthk = Σ_s p_hts v_bshk can be read or
-replaced there. Tests check that with no patch it reproduces the model's logits.
+The pass is the model's own `GPT.__call__`, every architecture knob included (rotary positions,
+RMSNorm, grouped K/V heads, the speedrun's skips and value embeddings, a soft cap); its tap
+(`gptjax.model.Tap`) hands each activation here on its way: the attention weights, each head's
+output z_bthk = Σ_s p_hts v_bshk before W_O sums over heads, each attention and MLP sublayer's
+output and each block's output, so they can be read or replaced there. Tests check that with no
+patch it reproduces the model's logits.
 
 For notebooks:
 
@@ -25,8 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gptjax.look import analysis
-from gptjax.model import GPT, add_bias
+from gptjax.model import GPT
 
 
 @jax.tree_util.register_dataclass
@@ -83,7 +83,7 @@ class Cache:
     """Every activation of one forward pass, stacked over layers (l), batch kept (b)."""
 
     tok_btd: jax.Array         # token embeddings W_E[idx]
-    pos_td: jax.Array          # position embeddings W_P[:T]
+    pos_td: jax.Array | None   # position embeddings W_P[:T]; None with rotary positions (model.positions=rope)
     resid_lbtd: jax.Array      # residual stream after the embeddings and after each block: L + 1 entries
     probs_lbhts: jax.Array     # attention weights (rows: queries t, columns: keys s)
     z_lbthk: jax.Array         # each head's output before W_O, after any patch
@@ -91,34 +91,29 @@ class Cache:
     mlp_out_lbtd: jax.Array    # each MLP sublayer's output, after any patch
 
 
-def _attention(attn, h_btd: jax.Array, layer: int, patch: Patch):
-    """One attention sublayer, split at W_O so each head's output can be patched."""
-    probs_bhts = analysis.attention_probs(attn, h_btd)
-    v_bshk = add_bias(jnp.einsum("btd,dhk->bthk", h_btd, attn.wv_dhk[...].astype(attn.dtype)), attn.bv_hk)
-    z_bthk = jnp.einsum("bhts,bshk->bthk", probs_bhts.astype(v_bshk.dtype), v_bshk)
-    z_bthk = jnp.where(patch.head_keep_lh[layer][:, None], z_bthk, patch.head_fill_lbthk[layer].astype(z_bthk.dtype))
-    out_btd = add_bias(jnp.einsum("bthk,hkd->btd", z_bthk, attn.wo_hkd[...].astype(attn.dtype)), attn.bo_d)
-    out_btd = jnp.where(patch.attn_keep_l[layer], out_btd, patch.attn_fill_lbtd[layer].astype(out_btd.dtype))
-    return probs_bhts, z_bthk, out_btd
+# Where a patch acts: the tap's point -> (keep, fill) of a layer.
+PATCHED = {
+    "z": lambda p, layer: (p.head_keep_lh[layer][:, None], p.head_fill_lbthk[layer]),
+    "attn_out": lambda p, layer: (p.attn_keep_l[layer], p.attn_fill_lbtd[layer]),
+    "mlp_out": lambda p, layer: (p.mlp_keep_l[layer], p.mlp_fill_lbtd[layer]),
+}
 
 
 def forward(model: GPT, idx_bt: jax.Array, patch: Patch) -> tuple[jax.Array, Cache]:
-    """Logits and the cache of a forward pass with `patch` applied (dropout off)."""
-    B, T = idx_bt.shape
-    x_btd = analysis.embed(model, idx_bt)
-    resid, probs, zs, attn_outs, mlp_outs = [x_btd], [], [], [], []
-    for layer, block in enumerate(model.blocks):
-        probs_bhts, z_bthk, attn_btd = _attention(block.attn, block.ln_1(x_btd), layer, patch)
-        x_btd = x_btd + attn_btd
-        mlp_btd = block.mlp(block.ln_2(x_btd).reshape(B * T, -1)).reshape(x_btd.shape)
-        mlp_btd = jnp.where(patch.mlp_keep_l[layer], mlp_btd, patch.mlp_fill_lbtd[layer].astype(mlp_btd.dtype))
-        x_btd = x_btd + mlp_btd
-        for store, value in ((resid, x_btd), (probs, probs_bhts), (zs, z_bthk), (attn_outs, attn_btd),
-                             (mlp_outs, mlp_btd)):
-            store.append(value)
-    logits_btv = model.unembed(model.ln_f(x_btd))
-    cache = Cache(model.wte_vd[...][idx_bt], model.wpe_td[...][:T], *map(jnp.stack, (resid, probs, zs, attn_outs,
-                                                                                        mlp_outs)))
+    """Logits and the cache of the model's own forward pass with `patch` applied (dropout off)."""
+    seen: dict[str, list[jax.Array]] = {}
+
+    def tap(layer, point, x):
+        if point in PATCHED:
+            keep, fill = PATCHED[point](patch, layer)
+            x = jnp.where(keep, x, fill.astype(x.dtype))
+        seen.setdefault(point, []).append(x)
+        return x
+
+    logits_btv = model(idx_bt, tap=tap)
+    pos_td = None if model.wpe_td is None else model.wpe_td[...][:idx_bt.shape[1]]
+    stacked = [jnp.stack(seen[point]) for point in ("probs", "z", "attn_out", "mlp_out")]
+    cache = Cache(model.wte_vd[...][idx_bt], pos_td, jnp.stack(seen["embed"] + seen["resid"]), *stacked)
     return logits_btv, cache
 
 
@@ -157,4 +152,6 @@ def load(run_dir, step="latest"):
 
 def encode(run, text: str) -> jax.Array:
     """A prompt as the model sees it: int32[1, T], its last n_ctx tokens."""
+    from gptjax.look import analysis
+
     return jnp.asarray([analysis.prompt_ids(run.tokenizer, text, run.cfg.model.n_ctx)], jnp.int32)

@@ -156,9 +156,9 @@ def attribution_section(a, token: str) -> str:
     body = "".join(f'<tr><td class="name">{html.escape(part)}</td><td>{v:+.4f}</td><td class="name">{bar(v)}</td>'
                    f"</tr>" for part, v in a.rows())
     return (f'<section id="attribution"><h2>Direct logit attribution of {html.escape(token)}</h2>'
-            f"<p>The logit of {html.escape(token)} after the prompt is {a.logit:.4f}; the parts below sum to "
-            f"{a.total():.4f}. The final LayerNorm is linearised: its σ is frozen at this position's value, which "
-            f"makes it linear, so each part's contribution is exact and they add up.</p>"
+            f"<p>The logit of {html.escape(token)} after the prompt is {a.logit:.4f}{figures.before_cap(a)}; the "
+            f"parts below sum to {a.total():.4f} ({html.escape(a.note())}): the frozen norm is linear, so each "
+            f"part's contribution is exact and they add up.</p>"
             f"<table><tr><th>part</th><th>contribution</th><th></th></tr>{body}</table></section>")
 
 

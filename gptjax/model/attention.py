@@ -23,6 +23,16 @@ def attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, q_pos: ja
     return jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, is_causal=True)
 
 
+def attention_weights(q_bthk: jax.Array, k_bshk: jax.Array, q_pos: jax.Array | int | None = None) -> jax.Array:
+    """softmax(QKᵀ/√K) of each head (float32, probs_bhts), masked as `attention` masks: the weights the
+    kernels apply but never return, which looking inside the model (gptjax.look) needs."""
+    T, S, K = q_bthk.shape[1], k_bshk.shape[1], q_bthk.shape[3]
+    q_bthk = q_bthk * jnp.asarray(K ** -0.5, q_bthk.dtype)  # scaled first, as the kernels do
+    scores_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk, preferred_element_type=jnp.float32)
+    visible_ts = jnp.arange(S)[None, :] <= (0 if q_pos is None else q_pos) + jnp.arange(T)[:, None]
+    return jax.nn.softmax(jnp.where(visible_ts, scores_bhts, -jnp.inf), axis=-1)
+
+
 def blocked_causal_attention(q_bthk, k_bshk, v_bshk, block: int = 64):
     """Causal attention in query blocks that never compute (or differentiate) the masked scores.
 

@@ -17,20 +17,27 @@ nothing here knows about devices.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from gptjax.config import ModelConfig
 from gptjax.model import rope
-from gptjax.model.attention import attention
+from gptjax.model.attention import attention, attention_weights
 from gptjax.model.init import constant, normal
 from gptjax.model.layers import MLP, RMSNorm, add_bias, dense, norm
 from gptjax.sharding import constrain
 
-__all__ = ["GPT", "KVCache", "add_bias", "compute_dtype", "count_params", "dense", "init_cache"]
+__all__ = ["GPT", "KVCache", "Tap", "add_bias", "compute_dtype", "count_params", "dense", "init_cache"]
 
 KVCache = list[dict[str, jax.Array]]  # per layer: {"k": k_bshk, "v": v_bshk}
+# tap(layer, point, x) -> the x the pass goes on with: how gptjax.look reads and patches the forward pass,
+# at "embed" (layer None), then per layer "probs", "z" (each head's output before W_O), "attn_out", "mlp_out"
+# and "resid" (the block's output). Without a tap the pass has no extra work at all.
+Tap = Callable[[int | None, str, jax.Array], jax.Array]
 BTD = ("batch", None, "act_embed")  # logical axes of the residual stream
 BTHK = ("batch", None, "act_heads", None)
 
@@ -55,9 +62,9 @@ class GPT(nnx.Module):
         self.w_value_evhk = normal(rngs, (E, cfg.n_vocab, G, K), (None, "vocab", "heads", "head_dim"),
                                    0.02 * cfg.n_embd ** 0.5) if E else None
 
-    def __call__(self, idx_bt: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, idx_bt: jax.Array, *, rngs: nnx.Rngs | None = None, tap: Tap | None = None) -> jax.Array:
         """Logits for every position; dropout is on when `rngs` is given."""
-        x_btd, _ = self.hidden(idx_bt, rngs=rngs)
+        x_btd, _ = self.hidden(idx_bt, rngs=rngs, tap=tap)
         return self.unembed(x_btd)
 
     def decode(self, idx_bt: jax.Array, cache: KVCache, pos: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -65,8 +72,15 @@ class GPT(nnx.Module):
         x_btd, cache = self.hidden(idx_bt, cache=cache, pos=pos)
         return self.unembed(x_btd), cache
 
-    def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0):
+    def hidden(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0, tap: Tap | None = None):
         """The final residual stream, normalised: x_btd (and the updated cache when decoding)."""
+        xs, cache = self.stream(idx_bt, rngs=rngs, cache=cache, pos=pos, tap=tap)
+        return self.ln_f(xs[-1]), cache
+
+    def stream(self, idx_bt, *, rngs=None, cache: KVCache | None = None, pos=0, tap: Tap | None = None):
+        """The residual stream after the embeddings and after each block: n_layer + 1 arrays x_btd (and the
+        updated cache when decoding). The logit lens and every other look inside read it here."""
+        at = lambda layer: None if tap is None else functools.partial(tap, layer)
         # Tokens are looked up in the whole table (gathered, as FSDP does for every weight it
         # uses): on a split table XLA would gather the batch's activations to scatter the gradient.
         wte_vd = constrain(self.wte_vd[...], ("vocab", None))
@@ -74,16 +88,17 @@ class GPT(nnx.Module):
         if self.wpe_td is not None:
             x_btd = x_btd + jax.lax.dynamic_slice_in_dim(self.wpe_td[...], pos, idx_bt.shape[1])
         x_btd = x_btd.astype(self.dtype)
-        x_btd = constrain(dropout(self.drop, x_btd, rngs), BTD)
+        x_btd = look(at(None), "embed", constrain(dropout(self.drop, x_btd, rngs), BTD))
         values = self.value_rows(idx_bt)
         x0_btd, outputs, new_cache = x_btd, [], []
         for i, block in enumerate(self.blocks):
             x_btd = self.skip_in(x_btd, i, outputs)
             x_btd, layer_cache = block(x_btd, rngs=rngs, cache=None if cache is None else cache[i], pos=pos,
-                                       ve_bthk=values[i], x0_btd=x0_btd)
+                                       ve_bthk=values[i], x0_btd=x0_btd, tap=at(i))
+            x_btd = look(at(i), "resid", x_btd)
             outputs.append(x_btd)
             new_cache.append(layer_cache)
-        return self.ln_f(x_btd), (None if cache is None else new_cache)
+        return [x0_btd, *outputs], (None if cache is None else new_cache)
 
     def skip_in(self, x_btd, i: int, outputs: list) -> jax.Array:
         """U-net (model.unet_skips): block L-1-j starts from its input plus early block j's output times a
@@ -123,13 +138,13 @@ class Block(nnx.Module):
         # model.embed_skips: the block starts from λ₀·x + λ₁·x₀, learned from (1, 0): the input as it was.
         self.x0_mix_2 = nnx.Param(jnp.array([1.0, 0.0]), axes=(None,)) if cfg.embed_skips else None
 
-    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0, ve_bthk=None, x0_btd=None):
+    def __call__(self, x_btd, *, rngs=None, cache=None, pos=0, ve_bthk=None, x0_btd=None, tap=None):
         if self.x0_mix_2 is not None:
             mix = self.x0_mix_2[...].astype(x_btd.dtype)
             x_btd = mix[0] * x_btd + mix[1] * x0_btd
-        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos, ve_bthk=ve_bthk)
+        attn_btd, cache = self.attn(self.ln_1(x_btd), cache=cache, pos=pos, ve_bthk=ve_bthk, tap=tap)
         x_btd = x_btd + dropout(self.drop, attn_btd, rngs)
-        x_btd = x_btd + dropout(self.drop, self.mlp(self.ln_2(x_btd)), rngs)
+        x_btd = x_btd + dropout(self.drop, look(tap, "mlp_out", self.mlp(self.ln_2(x_btd))), rngs)
         return constrain(x_btd, BTD), cache
 
 
@@ -159,7 +174,7 @@ class Attention(nnx.Module):
         # Value embeddings (model.value_embeds): v = λ₀·v + λ₁·(the token's table row), both λ learned from 1/2.
         self.ve_mix_2 = constant((2,), (None,), 0.5, value_embed)
 
-    def __call__(self, x_btd, *, cache=None, pos=0, ve_bthk=None):
+    def __call__(self, x_btd, *, cache=None, pos=0, ve_bthk=None, tap=None):
         q_bthk, k_bshk, v_bshk = self.qkv(x_btd, pos, ve_bthk)
         if cache is not None:  # decoding: write this chunk's keys and values at pos, attend over all slots
             k_bshk, v_bshk = (jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), pos, 1)
@@ -168,8 +183,13 @@ class Attention(nnx.Module):
         groups = q_bthk.shape[2] // k_bshk.shape[2]
         k_bshk, v_bshk = (jnp.repeat(a.astype(self.dtype), groups, axis=2) if groups > 1 else a.astype(self.dtype)
                           for a in (k_bshk, v_bshk))
-        out_bthk = attention(q_bthk, k_bshk, v_bshk, None if cache is None else pos)
-        return self.out(out_bthk), cache
+        q_pos = None if cache is None else pos
+        if tap is None:
+            out_bthk = attention(q_bthk, k_bshk, v_bshk, q_pos)
+        else:  # looked at (gptjax.look): the same softmax(QKᵀ/√K)V, with the weights the kernels never return
+            probs_bhts = tap("probs", attention_weights(q_bthk, k_bshk, q_pos))
+            out_bthk = tap("z", jnp.einsum("bhts,bshk->bthk", probs_bhts.astype(v_bshk.dtype), v_bshk))
+        return look(tap, "attn_out", self.out(out_bthk)), cache
 
     def qkv(self, x_btd, pos=0, ve_bthk=None):
         """Queries, keys and values per head: q_bthk, k_bthk, v_bthk (normed, rotated, mixed if configured)."""
@@ -188,6 +208,11 @@ class Attention(nnx.Module):
     def out(self, o_bthk):
         """The heads' outputs, concatenated and projected back to the residual stream by W_O."""
         return dense(o_bthk, self.wo_hkd, self.bo_d, self.dtype, contract=2)
+
+
+def look(tap, point: str, x: jax.Array) -> jax.Array:
+    """x, or what a tap (bound to its layer) makes of it."""
+    return x if tap is None else tap(point, x)
 
 
 def dropout(drop: nnx.Dropout, x, rngs: nnx.Rngs | None):

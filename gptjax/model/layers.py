@@ -54,6 +54,13 @@ class LayerNorm(nnx.Module):
         y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale_d[...]
         return add_bias(y, self.bias_d).astype(x_btd.dtype)
 
+    def frozen(self, x_d):
+        """This norm at x with x's σ frozen, bias left out: the linear map c -> (c - mean(c))·γ/σ, so that
+        norm(x) = frozen(x)(x) + β. Direct logit attribution reads each part of the stream through it."""
+        x = x_d.astype(jnp.float32)
+        scale = jax.lax.rsqrt(jnp.square(x - x.mean(-1, keepdims=True)).mean(-1, keepdims=True) + 1e-5)
+        return lambda c: (c - c.mean(-1, keepdims=True)) * scale * self.scale_d[...]
+
 
 class RMSNorm(nnx.Module):
     """x / rms(x) · g over the last axis (of size `size`: D, or K for queries and keys)."""
@@ -65,6 +72,12 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + 1e-5) * self.scale_d[...]
         return y.astype(x.dtype)
+
+    def frozen(self, x):
+        """This norm at x with x's RMS frozen: the linear map c -> c·g/rms(x) (norm(x) = frozen(x)(x))."""
+        x32 = x.astype(jnp.float32)
+        scale = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + 1e-5)
+        return lambda c: c * scale * self.scale_d[...]
 
 
 def norm(cfg: ModelConfig) -> LayerNorm | RMSNorm:

@@ -69,7 +69,7 @@ def train(cfgs: list[Config]) -> list[dict]:
         opened = [trainer.open_run(c, ds, single, source, closing, progress=i == 0) for i, c in enumerate(cfgs)]
         starts = sorted({r.start for r in opened})
         if len(starts) == 1:
-            placed = sharding.runs_meshes(mesh, len(cfgs))
+            placed = sharding.runs_meshes(mesh, len(cfgs), cfg.model.flops_per_token() * cfg.tokens_per_step)
             opened[0].tracker.message(placement(placed, cfgs))
             with trainer.stop_requests() as stop:
                 return train_stacks(cfg, cfgs, ds, single, opened, placed, stop, starts[0])
