@@ -146,7 +146,7 @@ def token_bytes(tokenizer) -> np.ndarray:
 # (tests/test_rank_consistent.py), written without r50k's possessive quantifiers and with the four
 # lookaround-free alternatives in one group (a group keeps their order, which decides a match), so that
 # fancy_regex runs them as one automaton instead of trying each in its backtracking VM: tiktoken encodes
-# ~1.7x faster with it (BENCHMARKS.md, "Your own tokenizer").
+# 1.5-2.4x faster with it (BENCHMARKS.md, "Your own tokenizer").
 GPT2_SPLIT = r"""(?:'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+)|\s+(?!\S)|\s+"""
 
 
