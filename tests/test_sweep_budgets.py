@@ -135,3 +135,13 @@ def test_one_at_a_time_at_a_budget_tests_each_knob_against_the_base_of_its_budge
 def test_bad_budget_sweeps_are_one_clear_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         grid.make_spec("tiny", kwargs.pop("items", []), None, "x", None, **kwargs)
+
+
+def test_command_line_budgets_replace_a_sweep_files(tmp_path):
+    """`gptjax sweep FILE --budgets B` trains to B only: the file's budgets once won silently, so a
+    one-budget re-check of the isoFLOP study ran all three."""
+    path = tmp_path / "iso.yaml"
+    path.write_text("base: tiny\nbudgets: [3.0e+11, 1.0e+12]\ngrid:\n  model.n_embd: [16, 32]\n")
+    spec = grid.make_spec(str(path), [], None, None, None, budgets="3e11,3e12")
+    assert list(spec.axes) == [grid.BUDGET, "model.n_embd"] and spec.budgets == [3e11, 3e12]
+    assert grid.make_spec(str(path), [], None, None, None).budgets == [3e11, 1e12]

@@ -133,7 +133,9 @@ def make_spec(target: str, items: list[str], seeds: int | None, out: str | None,
     path = is_sweep_file(target)
     spec = read_sweep_file(path) if path else Spec(target, {}, {})
     if budgets is not None:
-        spec = dataclasses.replace(spec, axes={BUDGET: parse_budgets(budgets), **spec.axes})
+        # First, and replacing a sweep file's budgets: the command line wins over the file.
+        rest = {k: v for k, v in spec.axes.items() if k != BUDGET}
+        spec = dataclasses.replace(spec, axes={BUDGET: parse_budgets(budgets), **rest})
     vary = vary or spec.vary
     if vary not in VARIES:
         raise ConfigError(f"vary must be one of {', '.join(VARIES)}, got {vary!r}")
