@@ -73,8 +73,9 @@ def train_bpe(stream: Iterable[str], vocab_size: int) -> str:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[tokenizers.EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(small_pieces(stream), trainer)
-    # The trainer's merges are one split per token, in the order learnt: the same vocabulary with every
-    # split of every token (ordered by ids) tokenizes the same way and is what tiktoken's rule computes.
+    # The trainer's merges are one split per token, in the order learnt. The written file keeps its vocabulary
+    # with every split of every token, ordered by ids: what tiktoken's rule computes. It may tokenize a rare
+    # word otherwise than the trainer's own merges would; the file written is the tokenizer from here on.
     spec = bpe_ranks.make_rank_consistent(json.loads(tok.to_str()))
     return Tokenizer.from_str(json.dumps(spec)).to_str(pretty=True)
 
