@@ -58,8 +58,8 @@ def train(argv: list[str]) -> int:
         from gptjax.train import seeds
 
         multi_host = sharding.initialize_distributed()  # join the other processes before any device is used
-        if args.seeds > 1 and not multi_host:
-            sharding.split_cores_for_runs()
+        if not multi_host:  # before JAX starts: each CPU core a device, for the batch or for the seeds
+            sharding.split_cores(for_runs=args.seeds > 1)
         cfgs = [cfg] if args.seeds == 1 else seeds.seed_configs(cfg, args.seeds)
         seeds.train(cfgs)  # one config: trainer.train; each run ends with its summary line
 

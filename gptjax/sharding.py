@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from gptjax.config import MeshConfig
 from gptjax.errors import UserError
+from gptjax.runtime import with_flags
 
 MESH_AXES = ("data", "fsdp")
 AUTO = (jax.sharding.AxisType.Auto,)  # axes whose layout XLA may choose where we leave it open
@@ -103,51 +104,85 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-_cores_split_for_runs = False  # set by split_cores_for_runs: the CPU cores serve stacked runs
-# Below this many FLOPs per run and step, a stack stays on one core. Such a step is a few milliseconds of
+_cores_split: str | None = None  # set by split_cores: "run" (a single run's batch) or "runs" (stacked runs)
+# Below this many FLOPs per run and step, a run (or a stack) stays on one core. Such a step is a few milliseconds of
 # work, and a program over two cores pays per step for starting on both and waits for the slower one: on 2
 # shared cores, 2 seeds of a 16-wide model trained 1.4-2x faster on one core (BENCHMARKS.md, "Seeds together").
 SPLIT_MIN_STEP_FLOPS = 5e8
+# XLA:CPU aborts a process whose all-reduce waited 40 s for the other device ("Termination timeout for all
+# reduce"). Its one cause found, a deadlock of too many programs in flight, `Paced` prevents; what is left is a
+# device starved of CPU (a machine busy with other work, a suspended process or laptop), which is no reason to kill
+# a run: it waits a day, and after 20 s XLA says on stderr that it "may be stuck" (docs/speed.md).
+COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds=86400",
+                    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=20")
 
 
-def mesh_devices(cfg: MeshConfig, rows: int) -> list:
+def mesh_devices(cfg: MeshConfig, rows: int, step_flops: float = float("inf")) -> list:
     """The devices for a run's mesh: all of them, except for CPU cores split into devices.
 
-    The user's split (JAX_NUM_CPU_DEVICES: two CPU cores as two data-parallel devices) is opt-in:
-    XLA:CPU's in-process all-reduce has deadlocked with it (BENCHMARKS.md). Split cores are a
-    speed-up, not a request, so with the default mesh they follow the batch: the most cores whose
-    count divides its `rows`. Cores split by `split_cores_for_runs` serve stacked runs only, so a
-    single run keeps one device. Devices that are real (accelerators) or forced (XLA_FLAGS) must fit.
+    Split cores are a speed-up, not a request, so with the default mesh they follow the batch: the
+    most cores whose count divides its `rows`. Where gptjax split them (`split_cores`), a run whose
+    step (`step_flops`) is under SPLIT_MIN_STEP_FLOPS keeps one core, and cores split for stacked
+    runs serve the stacks only (runs_meshes). A count the user set (JAX_NUM_CPU_DEVICES) is split
+    whatever the step. Devices that are real (accelerators) or forced (XLA_FLAGS) must fit.
     """
     devices = jax.devices()
-    split_cores = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0
-    if not split_cores or (cfg.data, cfg.fsdp) != (-1, 1) or jax.process_count() > 1:
+    split = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0
+    if not split or (cfg.data, cfg.fsdp) != (-1, 1) or jax.process_count() > 1:
         return devices
-    if _cores_split_for_runs:
+    if _cores_split == "runs" or (_cores_split == "run" and step_flops < SPLIT_MIN_STEP_FLOPS):
         return devices[:1]
     return devices[:max(n for n in range(1, len(devices) + 1) if rows % n == 0)]
 
 
+def split_note(mesh: Mesh) -> str | None:
+    """Said once to a run whose batch gptjax split over the CPU cores (split_cores): how, and how to keep one."""
+    if _cores_split != "run" or mesh.size < 2 or mesh.devices.flat[0].platform != "cpu":
+        return None
+    return f"training on {mesh.size} CPU cores, the batch split across them (JAX_NUM_CPU_DEVICES=1 keeps one)"
 
-def split_cores_for_runs() -> None:
-    """On a CPU host, make each core a JAX device, for runs stacked side by side (train.py --seeds).
 
-    Stacked runs are independent, so each core can train its own share of them with no
-    collective at all (the all-reduce that makes the user's split opt-in never runs): 1.1-1.2x
-    the seeds' throughput on 2 cores (BENCHMARKS.md, "Seeds together"). Call it before JAX starts
-    its backend; a count the user set (JAX_NUM_CPU_DEVICES, XLA_FLAGS) wins, and accelerators
-    leave the CPU devices unused.
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def split_cores(for_runs: bool = False) -> None:
+    """On a CPU host, make each core a JAX device, before JAX starts its backend (train.py calls it).
+
+    A single run's batch splits across them, one all-reduce per step, where its step is big enough
+    (mesh_devices): 1.18-1.3x the steps per second on 2 cores (BENCHMARKS.md, "Levers"). Runs stacked
+    side by side (`for_runs`: train.py --seeds, sweeps) each train on a core of their own with no
+    collective at all (runs_meshes). A count the user set (JAX_NUM_CPU_DEVICES, XLA_FLAGS) wins;
+    accelerators leave the CPU devices unused; a JAX already started (a notebook) keeps its devices.
+    Where the cores become devices, XLA's collectives wait for a starved device (COLLECTIVE_FLAGS).
     """
-    global _cores_split_for_runs
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cores < 2 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
-            or jax.config.jax_num_cpu_devices > 0:
+    global _cores_split
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    asked = jax.config.jax_num_cpu_devices
+    if forced or asked == 1 or (asked < 1 and usable_cores() < 2):
         return
     try:
-        jax.config.update("jax_num_cpu_devices", cores)
+        if asked < 1:
+            jax.config.update("jax_num_cpu_devices", usable_cores())
     except RuntimeError:  # JAX has started already (a notebook, a test process): keep its devices
         return
-    _cores_split_for_runs = True
+    if not _backend_started():  # XLA reads its flags when the backend starts
+        os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), COLLECTIVE_FLAGS)
+    if asked < 1:
+        _cores_split = "runs" if for_runs else "run"
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge  # private: if it moves, the flags are set (too late to matter, harmless)
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        return False
+
+
+def split_cores_for_runs() -> None:
+    """split_cores for runs stacked side by side (train.py --seeds, sweeps)."""
+    split_cores(for_runs=True)
 
 
 def runs_meshes(mesh: Mesh, n_runs: int, step_flops: float = float("inf")) -> list[tuple[Mesh, int]]:
@@ -161,7 +196,7 @@ def runs_meshes(mesh: Mesh, n_runs: int, step_flops: float = float("inf")) -> li
     every run laid out on `mesh` as it would be alone.
     """
     devices = jax.devices()
-    split = _cores_split_for_runs and mesh.size == 1 and jax.process_count() == 1
+    split = _cores_split == "runs" and mesh.size == 1 and jax.process_count() == 1
     if not split or step_flops < SPLIT_MIN_STEP_FLOPS:
         return [(Mesh(mesh.devices[None], (RUNS, *mesh.axis_names), AUTO * 3), n_runs)]
     cores = min(len(devices), n_runs)

@@ -25,6 +25,7 @@ from gptjax.config import Config
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError
 from gptjax.train.checkpoint import Checkpoints
+from gptjax.train.pacing import Paced
 from gptjax.train.state import Pieces, init_state, restore_state, save
 from gptjax.train.step import TrainState
 from gptjax.train.stopping import Interrupted, StopRequests
@@ -44,13 +45,13 @@ def evaluate(cfg: Config, ds: data.Dataset, mesh, eval_step, params, report=None
     """
     out = {}
     rows = sharding.process_rows(cfg.train.micro_batch_size, mesh)
-    n = cfg.train.eval_batches
+    n, paced = cfg.train.eval_batches, Paced()
     for k, split in enumerate(("train", "val")):
         tokens = ds.split(split)
         losses = []
         for i in range(n):
             x, y = eval_batch(cfg, tokens, i, rows)
-            losses.append(eval_step(params, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh)))
+            losses.append(paced.add(eval_step(params, sharding.put_batch(x, mesh), sharding.put_batch(y, mesh))))
             if report and i:
                 losses[-2].block_until_ready()
                 report(k * n + i, 2 * n)
@@ -100,6 +101,7 @@ class Loop:
         self.cfg, self.ds, self.mesh, self.pieces, self.ckpts, self.tracker = cfg, ds, mesh, pieces, ckpts, tracker
         self.stop = stop or StopRequests()
         self.pending: list[tuple[int, jax.Array]] = []  # (step, finite flag(s) on device) not read yet
+        self.paced = Paced()  # the steps dispatched ahead, by their finite flags (never donated)
         self.rolled_back: set[int] = set()  # bad steps already retried once
         self.skipped = 0  # updates skipped since the last log line
         self.skipped_in_a_row = 0
@@ -141,7 +143,7 @@ class Loop:
             if step == start:
                 self.tracker.message("compiling the train step...")  # seconds to minutes, before the bar moves
             state, metrics = self.pieces.train_step(state, *self.batch(step))
-            self.pending.append((step + 1, metrics.pop("finite")))  # named by the parameters it made
+            self.pending.append((step + 1, self.paced.add(metrics.pop("finite"))))  # named by the parameters it made
             self.clock.tick(state, first=step == start)
             if step == start:
                 self.tracker.compiled(step + 1)

@@ -48,7 +48,8 @@ def setup(cfg: Config):
               f"FLOPs per token = {cfg.train.steps * cfg.tokens_per_step * cfg.model.flops_per_token():.3g} FLOPs "
               f"(N = {cfg.model.n_compute_params:,} parameters)", file=sys.stderr)
     data.check_fits(ds, cfg.model.n_ctx)
-    mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
+    step_flops = cfg.model.flops_per_token() * cfg.tokens_per_step
+    mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size, step_flops))
     shards = sharding.n_batch_shards(mesh)
     if cfg.train.micro_batch_size % shards:
         raise ConfigError(f"micro-batch of {cfg.train.micro_batch_size} sequences (train.batch_size / "
@@ -77,6 +78,8 @@ def _train(cfg: Config) -> dict:
     pieces = build(cfg, mesh)
     with contextlib.ExitStack() as closing:
         run = open_run(cfg, ds, pieces, source, closing)
+        if note := sharding.split_note(mesh):
+            run.tracker.message(note)
         with stop_requests() as stop:
             return Loop(cfg, ds, mesh, pieces, run.ckpts, run.tracker, stop).run(run.state, run.start)
 
