@@ -39,6 +39,10 @@ for key, value in (("jax_compilation_cache_dir", _JAX_CACHE), ("jax_persistent_c
 # build the same programs, and a run in this process equals a train.py process bit for bit.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), (FAST_COMPILE, *CPU_FLAGS))
+# This process keeps one CPU device, whichever test first runs the CLI in it (train.py splits the cores of a
+# process whose JAX has not started: gptjax.sharding.split_cores); the processes tests start decide for themselves.
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"] and "JAX_NUM_CPU_DEVICES" not in os.environ:
+    jax.config.update("jax_num_cpu_devices", 1)
 
 
 # The files that take longest, longest first (BENCHMARKS.md, "Test suite"): xdist hands whole
