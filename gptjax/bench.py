@@ -169,6 +169,9 @@ def main(argv: list[str]) -> int:
 
     def run():
         cfg = config_lib.load(args.config, args.overrides)
+        from gptjax import sharding
+
+        sharding.split_cores()  # before JAX starts: the step is timed on the devices train.py would train on
         parts = {"train": (f"the train step ({args.steps} steps)", lambda: [bench_train(cfg, args.steps)]),
                  "eval": (f"the eval step ({args.steps} steps)", lambda: [bench_eval(cfg, args.steps)]),
                  "sample": ("the sampler (5 ways)", lambda: bench_sample(cfg, args.sample_tokens, args.num_samples))}
