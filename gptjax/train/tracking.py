@@ -150,36 +150,39 @@ def has_wandb_key() -> bool:
 
 
 class Clock:
-    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart.
+    """Tokens per second between log lines; a step that compiles (the first after a start, a warm-up's first at a
+    new shape) is timed apart.
 
-    `trained_steps` and `trained_s` add up every interval read, for the run's overall speed.
+    `trained_tokens` and `trained_s` add up every interval read, for the run's overall speed.
     """
 
     def __init__(self):
         self.restart()
         self.compile_s = None
-        self.trained_steps, self.trained_s = 0, 0.0
+        self.trained_tokens, self.trained_s = 0, 0.0
 
     def restart(self) -> None:
-        self.since, self.steps = time.perf_counter(), 0
+        self.since, self.tokens = time.perf_counter(), 0
 
     def skip(self, seconds: float) -> None:
         """Leave `seconds` (an evaluation) out of the rate, keeping the steps counted so far."""
         self.since += seconds
 
-    def tick(self, state, first: bool) -> None:
-        self.steps += 1
+    def tick(self, state, first: bool, tokens: int) -> None:
+        """A step of `tokens` tokens dispatched; `first`: it compiled, so it and the steps since the last read
+        are left out of the rate."""
+        self.tokens += tokens
         if first:
             jax.block_until_ready(state)
             self.compile_s = time.perf_counter() - self.since
             self.restart()
 
-    def read(self, tokens_per_step: int) -> dict[str, float]:
+    def read(self) -> dict[str, float]:
         row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
-        if self.steps:
+        if self.tokens:
             seconds = time.perf_counter() - self.since
-            row["tokens_per_sec"] = self.steps * tokens_per_step / seconds
-            self.trained_steps, self.trained_s = self.trained_steps + self.steps, self.trained_s + seconds
+            row["tokens_per_sec"] = self.tokens / seconds
+            self.trained_tokens, self.trained_s = self.trained_tokens + self.tokens, self.trained_s + seconds
         self.compile_s = None
         self.restart()
         return row
