@@ -168,7 +168,9 @@ def main(argv: list[str]) -> int:
         args.overrides, args.config = [args.config, *args.overrides], None
 
     def run():
+        # The full-shape step: the one a batch or sequence warm-up ends at and trains most steps with.
         cfg = config_lib.load(args.config, args.overrides)
+        cfg = cfg.replace(train={"batch_warmup_steps": 0, "seq_warmup_steps": 0})
         parts = {"train": (f"the train step ({args.steps} steps)", lambda: [bench_train(cfg, args.steps)]),
                  "eval": (f"the eval step ({args.steps} steps)", lambda: [bench_eval(cfg, args.steps)]),
                  "sample": ("the sampler (5 ways)", lambda: bench_sample(cfg, args.sample_tokens, args.num_samples))}
