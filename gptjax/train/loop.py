@@ -107,7 +107,6 @@ class Loop:
         self.skipped = 0  # updates skipped since the last log line
         self.skipped_in_a_row = 0
         self.clock = Clock()
-        self.flops_per_token = cfg.model.flops_per_token()
         self.shards = sharding.n_batch_shards(mesh)
 
     def run(self, state: TrainState, start: int):
@@ -195,11 +194,9 @@ class Loop:
 
     def warming_up(self, step: int, start: int) -> bool:
         """Whether step `step` is a warm-up's first at a new shape (a new program to compile); it says which."""
-        t = self.cfg.train
-        if not (t.batch_warmup_steps or t.seq_warmup_steps):
-            return False
-        shape = warmup.shape_at(self.cfg, step, self.shards)
-        if step != start and shape == warmup.shape_at(self.cfg, step - 1, self.shards):
+        t, shape = self.cfg.train, warmup.shape_at(self.cfg, step, self.shards)
+        if not (t.batch_warmup_steps or t.seq_warmup_steps) or (
+                step != start and shape == warmup.shape_at(self.cfg, step - 1, self.shards)):
             return False
         self.tracker.message(f"step {step}: batches of {shape[0]} x {shape[1]} tokens (train.batch_warmup_steps="
                              f"{t.batch_warmup_steps}, train.seq_warmup_steps={t.seq_warmup_steps})")
@@ -215,10 +212,8 @@ class Loop:
         self.tracker.rewind(step)
 
     def counted(self, step: int) -> dict[str, int]:
-        """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token)."""
-        if not (self.cfg.train.batch_warmup_steps or self.cfg.train.seq_warmup_steps):
-            tokens = step * self.cfg.tokens_per_step
-            return {"tokens": tokens, "flops": tokens * self.flops_per_token}
+        """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token), a
+        warm-up's smaller steps counted as they are."""
         return {"tokens": warmup.tokens_before(self.cfg, step, self.shards),
                 "flops": warmup.flops_before(self.cfg, step, self.shards)}
 
