@@ -17,7 +17,7 @@ from gptjax.train.loop import local_batch
 from gptjax.train.step import loss_fn, objective
 from gptjax.train.tracking import read_metrics
 
-from .conftest import run_in_process
+from .conftest import run_in_process, run_script
 from .test_train import leaves_equal, setup
 
 BASE = dict(n_vocab=97, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
@@ -179,6 +179,16 @@ def test_bad_values_are_one_error_line(key, value, tmp_path):
     result = run_in_process("train.py", "tiny", f"{key}={value}", f"run.out_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and key in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_budget_is_refused_where_the_devices_round_the_warmup_batch(tmp_path):
+    # Two CPU devices: a quarter of 6 rows (1) becomes 2, which the budget's step count did not price.
+    result = run_script("train.py", "tiny", "train.batch_size=6", "train.batch_warmup_steps=4",
+                        "train.tokens_per_param=2", f"run.out_dir={tmp_path / 'run'}", JAX_NUM_CPU_DEVICES="2")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: train.batch_warmup_steps: a quarter or half batch") and "multiple of 8" in \
+        result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -144,6 +144,8 @@ class Loop:
             if step == start:
                 self.tracker.message("compiling the train step...")  # seconds to minutes, before the bar moves
             new_shape = self.warming_up(step, start)
+            if new_shape and step != start:
+                self.clock.settle(state)  # the steps before keep their place in the rate; the compile does not
             state, metrics = self.pieces.train_step(state, *self.batch(step))
             self.pending.append((step + 1, metrics.pop("finite")))  # named by the parameters it made
             self.clock.tick(state, first=step == start or new_shape, tokens=self.step_tokens(step))

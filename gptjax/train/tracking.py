@@ -161,26 +161,31 @@ class Clock:
         self.compile_s = None
         self.trained_tokens, self.trained_s = 0, 0.0
 
-    def restart(self) -> None:
-        self.since, self.tokens = time.perf_counter(), 0
+    def restart(self, keep: tuple[int, float] = (0, 0.0)) -> None:
+        self.since, (self.tokens, self.kept_s) = time.perf_counter(), keep
 
     def skip(self, seconds: float) -> None:
         """Leave `seconds` (an evaluation) out of the rate, keeping the steps counted so far."""
         self.since += seconds
 
+    def settle(self, state) -> None:
+        """Before a step that compiles mid-interval: the steps so far are waited for and kept in the rate."""
+        jax.block_until_ready(state)
+        self.restart((self.tokens, self.kept_s + time.perf_counter() - self.since))
+
     def tick(self, state, first: bool, tokens: int) -> None:
-        """A step of `tokens` tokens dispatched; `first`: it compiled, so it and the steps since the last read
-        are left out of the rate."""
-        self.tokens += tokens
+        """A step of `tokens` tokens dispatched; `first`: it compiled, so it is left out of the rate."""
         if first:
             jax.block_until_ready(state)
             self.compile_s = time.perf_counter() - self.since
-            self.restart()
+            self.restart((self.tokens, self.kept_s))
+        else:
+            self.tokens += tokens
 
     def read(self) -> dict[str, float]:
         row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
         if self.tokens:
-            seconds = time.perf_counter() - self.since
+            seconds = time.perf_counter() - self.since + self.kept_s
             row["tokens_per_sec"] = self.tokens / seconds
             self.trained_tokens, self.trained_s = self.trained_tokens + self.tokens, self.trained_s + seconds
         self.compile_s = None

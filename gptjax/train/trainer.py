@@ -44,8 +44,6 @@ def setup(cfg: Config):
     ds = prepare_data(cfg)
     cfg = cfg.resolve_vocab(ds.vocab_size).resolve_steps()  # a compute budget's steps need the vocabulary
     budget = cfg.train.flops_budget or cfg.train.tokens_per_param
-    if budget and jax.process_index() == 0:
-        print(budget_line(cfg), file=sys.stderr)
     data.check_fits(ds, cfg.model.n_ctx)
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size))
     shards = sharding.n_batch_shards(mesh)
@@ -57,6 +55,8 @@ def setup(cfg: Config):
                           f"{cfg.train.batch_size} is rounded to split over {shards} devices, which the compute "
                           f"budget did not count; make train.batch_size a multiple of "
                           f"{4 * cfg.train.grad_accum * shards} or set train.steps instead of a budget")
+    if budget and jax.process_index() == 0:
+        print(budget_line(cfg), file=sys.stderr)
     return cfg, ds, mesh
 
 
