@@ -235,3 +235,7 @@ def test_a_run_with_every_lever_resumes_bit_for_bit(tiny, tmp_path):
                                                      strict=True))
     assert any(isinstance(s, NorMuonState) for s in jax.tree.leaves(
         final[0].opt_state, is_leaf=lambda s: isinstance(s, NorMuonState)))
+    # Its state's shape depends on normuon: resuming without it is refused, one line, the run untouched.
+    result = run_in_process("train.py", "tiny", *levers, "train.normuon=false", f"run.out_dir={tmp_path / 'part'}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'part'} holds a run trained with train.normuon=True, but this config says False")
