@@ -9,7 +9,7 @@ from optax.contrib import MuonDimensionNumbers, scale_by_muon
 from optax.contrib._muon import scale_by_shape  # not exported; pinned by tests/test_recipe.py
 
 from gptjax.config import TrainConfig
-from gptjax.train.optim_levers import decay, decayed_weights, muon_coeffs, scale_by_neuron_rms
+from gptjax.train.optim_levers import add_decayed_weights, decay, muon_coeffs, scale_by_neuron_rms
 
 # Looked-up rows, not linear maps: Muon leaves them to AdamW.
 TABLES = ("wte_vd", "wpe_td", "w_unembed_vd", "w_value_evhk")
@@ -94,7 +94,7 @@ def update_rule(cfg: TrainConfig) -> optax.GradientTransformation:
         direction = optax.scale_by_lion(b1=cfg.beta1, b2=cfg.beta2)
     else:
         direction = optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
-    return optax.chain(direction, decayed_weights(cfg.weight_decay, decay_mask, cfg.cautious_wd),
+    return optax.chain(direction, add_decayed_weights(cfg.weight_decay, decay_mask, cfg.cautious_wd),
                        optax.scale_by_learning_rate(schedule(cfg)))
 
 
@@ -108,11 +108,11 @@ def muon(cfg: TrainConfig) -> optax.GradientTransformation:
                       weight_dimension_numbers=muon_dims),
         *([scale_by_neuron_rms(muon_dims)] if cfg.normuon else []),
         scale_by_shape(weight_dimension_numbers=muon_dims),
-        decayed_weights(cfg.weight_decay, cautious=cfg.cautious_wd),
+        add_decayed_weights(cfg.weight_decay, cautious=cfg.cautious_wd),
         optax.scale_by_learning_rate(schedule(cfg, cfg.muon_lr)))
     others = optax.chain(  # optax.adamw as contrib.muon builds it (Nesterov), its decay on weights only
         optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, nesterov=True),
-        weights_decayed(cfg.weight_decay, cfg.cautious_wd),
+        decay_on_weights(cfg.weight_decay, cfg.cautious_wd),
         optax.scale_by_learning_rate(schedule(cfg)))
     return optax.partition({"muon": matrices, "adam": others}, muon_labels)
 
@@ -122,7 +122,7 @@ def muon_labels(params):
                         is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
 
 
-def weights_decayed(weight_decay: float, cautious: bool = False) -> optax.GradientTransformation:
+def decay_on_weights(weight_decay: float, cautious: bool = False) -> optax.GradientTransformation:
     """Decay on the weights only (decay_mask), with optax.add_decayed_weights's empty state: the masked
     form's state is another tree, which Muon checkpoints saved before would not restore into."""
     def update(updates, state, params):

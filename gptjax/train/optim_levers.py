@@ -134,7 +134,7 @@ def decay(weight_decay: float, cautious: bool):
     return lambda u, p: jnp.where(u * p >= 0, u + weight_decay * p, u)
 
 
-def decayed_weights(weight_decay: float, mask=None, cautious: bool = False) -> optax.GradientTransformation:
+def add_decayed_weights(weight_decay: float, mask=None, cautious: bool = False) -> optax.GradientTransformation:
     """optax.add_decayed_weights (its state tree too, so train.cautious_wd may change on resume), maybe cautious."""
     if not cautious:
         return optax.add_decayed_weights(weight_decay, mask)
