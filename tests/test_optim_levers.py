@@ -50,9 +50,10 @@ def params():
 def steps(cfg: TrainConfig, start, n=3):
     tx = optim.make(cfg)
     state, p = tx.init(start), start
-    for t in range(n):
-        updates, state = tx.update(random_like(start, 30 + t), state, p)
-        p = optax.apply_updates(p, updates)
+    with jax.default_matmul_precision("highest"):  # a GPU's float32 matmuls too (not TF32), as the CPU's
+        for t in range(n):
+            updates, state = tx.update(random_like(start, 30 + t), state, p)
+            p = optax.apply_updates(p, updates)
     return p, state
 
 
