@@ -16,8 +16,8 @@ from optax.contrib import MuonDimensionNumbers
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 # Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932), with the settings of modded-nanogpt's
-# polar_express_coeffs ("num_iters=5, safety_factor=2e-2, cushion=2", i.e. 0.02): optimal_composition below
-# derives that list again (to 1e-13, tests/test_optim_levers.py), so it is computed, not pasted.
+# polar_express_coeffs ("num_iters=5, safety_factor=2e-2, cushion=2", i.e. 0.02): polar_express_coeffs below
+# derives that list again (within 1e-12, tests/test_optim_levers.py), so it is computed, not pasted.
 PE_STEPS, PE_LOWER, PE_CUSHION, PE_SAFETY = 5, 1e-3, 0.02, 1.02
 
 
