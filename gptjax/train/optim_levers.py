@@ -23,7 +23,7 @@ PE_STEPS, PE_LOWER, PE_CUSHION, PE_SAFETY = 5, 1e-3, 0.02, 1.02
 
 def minimax_quintic(lower: float, upper: float) -> tuple[float, float, float]:
     """The odd quintic p(x) = a·x + b·x³ + c·x⁵ closest to 1 in max norm on [lower, upper], by Remez exchange:
-    the error equioscillates at lower, p's two critical points and upper (the paper's Algorithm 2)."""
+    the error equioscillates at lower, p's two critical points and upper (as the paper constructs it)."""
     if lower / upper > 1 - 5e-6:  # the interval is a point: the limit of the equioscillating quintics
         return 15 / 8 / upper, -10 / 8 / upper**3, 3 / 8 / upper**5
     xs = np.array([lower, (3 * lower + upper) / 4, (lower + 3 * upper) / 4, upper])
