@@ -202,6 +202,12 @@ class TrainConfig:
     eps: float = _field(1e-8, "AdamW epsilon")
     optimizer: str = _field("adamw", "adamw | muon (matrices; AdamW for tables, gains, biases) | lion (sign updates)")
     muon_lr: float = _field(0.02, "muon: peak learning rate of the matrices (train.lr drives the AdamW part)")
+    muon_iteration: str = _field("newton_schulz", "muon: how updates are orthogonalised: newton_schulz (one fixed "
+                                                  "quintic, 5 times) | polar_express (an optimal quintic per step)")
+    normuon: bool = _field(False, "muon: NorMuon: even out each neuron's share of the orthogonalised update by an "
+                                  "EMA (beta2 0.95) of its mean square, the update's RMS kept")
+    cautious_wd: bool = _field(False, "decay weights only where the update and the weight share a sign "
+                                      "(cautious weight decay; every optimizer)")
     grad_clip: float = _field(1.0, "global gradient-norm clip; 0 disables")
     seed: int = _field(1337, "seed for init, data order and dropout")
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
@@ -237,6 +243,7 @@ class TrainConfig:
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         _check(self.optimizer in ("adamw", "muon", "lion"),
                f"train.optimizer must be adamw, muon or lion, got {self.optimizer!r}")
+        self._check_muon_levers()
         _check(self.on_nonfinite in ("stop", "skip", "rollback"),
                f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
         _check(self.batch_size % self.grad_accum == 0,
@@ -251,6 +258,13 @@ class TrainConfig:
                    f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
         _check(0 <= self.seed <= MAX_SEED, f"train.seed must be between 0 and {MAX_SEED}, got {self.seed}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+
+    def _check_muon_levers(self):
+        _check(self.muon_iteration in ("newton_schulz", "polar_express"),
+               f"train.muon_iteration must be newton_schulz or polar_express, got {self.muon_iteration!r}")
+        for name, on in (("muon_iteration", self.muon_iteration != "newton_schulz"), ("normuon", self.normuon)):
+            _check(not on or self.optimizer == "muon", f"train.{name}={getattr(self, name)} changes Muon's "
+                   f"update, but train.optimizer={self.optimizer}: also set train.optimizer=muon")
 
     @property
     def micro_batch_size(self) -> int:
