@@ -106,8 +106,8 @@ BUGS = [
         (f"{TRAIN}::test_tiny_model_overfits_one_batch",)),
     # The optimizer and its schedule
     Bug("AdamW's betas swapped", "gptjax/train/optim.py",
-        "    return optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,",
-        "    return optax.adamw(schedule(cfg), b1=cfg.beta2, b2=cfg.beta1, eps=cfg.eps,", (ADAMW,)),
+        "        direction = optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)",
+        "        direction = optax.scale_by_adam(b1=cfg.beta2, b2=cfg.beta1, eps=cfg.eps)", (ADAMW,)),
     Bug("no gradient clipping", "gptjax/train/optim.py",
         "        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),",
         "        optax.identity(),", (ADAMW,)),
@@ -117,9 +117,8 @@ BUGS = [
         '    if cfg.optimizer == "muon":', '    if cfg.optimizer == "muon-never":',
         (f"{RECIPE}::test_muon_steps_equal_an_independent_reference",)),
     Bug("Muon's AdamW part decays biases and gains", "gptjax/train/optim.py",
-        "        decayed = jax.tree.map(lambda u, p, w: u + weight_decay * p if w else u, updates, params, "
-        "decay_mask(params))",
-        "        decayed = jax.tree.map(lambda u, p: u + weight_decay * p, updates, params)",
+        "        decayed = jax.tree.map(lambda u, p, w: step(u, p) if w else u, updates, params, decay_mask(params))",
+        "        decayed = jax.tree.map(lambda u, p: step(u, p), updates, params)",
         (f"{RECIPE}::test_muon_steps_equal_an_independent_reference",)),
     Bug("Muon orthogonalises the token table", "gptjax/train/optim.py",
         '        if not is_weight(path) or name in TABLES:', "        if not is_weight(path):",

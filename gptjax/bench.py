@@ -168,7 +168,9 @@ def main(argv: list[str]) -> int:
         args.overrides, args.config = [args.config, *args.overrides], None
 
     def run():
+        # The full-shape step: the one a batch or sequence warm-up ends at and trains most steps with.
         cfg = config_lib.load(args.config, args.overrides)
+        cfg = cfg.replace(train={"batch_warmup_steps": 0, "seq_warmup_steps": 0})
         from gptjax import sharding
 
         sharding.split_cores()  # before JAX starts: the step is timed on the devices train.py would train on

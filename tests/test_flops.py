@@ -31,6 +31,8 @@ KNOBS = {
     # The speedrun's levers: value tables are looked up (not in N); the U-net and x0 gains are elementwise.
     "speedrun_levers": ["model.n_layer=2", "model.value_embeds=1", "model.unet_skips=true", "model.embed_skips=true",
                         "model.zero_init_proj=true"],
+    # Multi-token prediction: its D x D map through N, and a second use of the unembedding.
+    "mtp": ["model.mtp_weight=0.3"],
 }
 
 

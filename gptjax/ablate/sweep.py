@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gptjax import errors, units
 from gptjax.ablate import grid
-from gptjax.config import Config
+from gptjax.config import Config, warmup
 from gptjax.errors import UserError
 from gptjax.files import atomic_write
 
@@ -217,7 +217,7 @@ def _groups(jobs, todo: list[float], together: bool) -> list[list[int]]:
 def _flops(cfg: Config, start: int) -> float:
     """The FLOPs a run has left from step `start` (its steps from its budget, if it has one)."""
     cfg = with_vocab(cfg)
-    return max(0, cfg.train.steps - start) * cfg.tokens_per_step * cfg.model.flops_per_token()
+    return max(0, warmup.flops_before(cfg, cfg.train.steps) - warmup.flops_before(cfg, start))
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from gptjax.config import warmup
 from gptjax.errors import UserError
 
 MAX_SEED = 2**63 - 1  # seeds go to numpy and JAX as int64
@@ -52,6 +53,9 @@ class ModelConfig:
                                       "from (1, 0)")
     value_embeds: int = _field(0, "E tables of value embeddings: the first E and the last E blocks mix their "
                                   "table's row for each token into its attention values (learned weights); 0: off")
+    mtp_weight: float = _field(0.0, "multi-token prediction: a D x D map on the final hidden state, unembedded by the "
+                                    "shared head, predicts token t+2; training adds its loss times this (evaluation "
+                                    "and sampling stay next-token); 0: off")
 
     def __post_init__(self):
         self._check_knobs()
@@ -80,6 +84,8 @@ class ModelConfig:
         _check(0 <= self.value_embeds <= self.n_layer // 2,
                f"model.value_embeds={self.value_embeds} must be in [0, n_layer/2]: the first and the last "
                f"value_embeds blocks share the tables, so they must not overlap (model.n_layer={self.n_layer})")
+        _check(self.mtp_weight >= 0 and math.isfinite(self.mtp_weight),
+               f"model.mtp_weight must be a finite number >= 0 (0: off), got {self.mtp_weight}")
 
     @property
     def head_dim(self) -> int:
@@ -99,7 +105,8 @@ class ModelConfig:
         """The architecture is GPT-2's (every knob on its default), so GPT-2 tools can read it."""
         return (self.positions, self.norm, self.mlp, self.qk_norm, self.kv_heads, self.tie_embeddings,
                 self.logit_softcap, self.zero_init_proj, self.unet_skips, self.embed_skips, self.value_embeds,
-                ) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0, False, False, False, 0)
+                self.mtp_weight) == ("learned", "layernorm", "gelu", False, self.n_head, True, 0.0, False, False, False,
+                                     0, 0.0)
 
     def value_table(self, layer: int) -> int | None:
         """Which value-embedding table block `layer` mixes in: the first E blocks and the last E (in order)
@@ -121,6 +128,7 @@ class ModelConfig:
         tables = (1 + (not self.tie_embeddings)) * self.n_vocab * D + self.n_ctx * D * (self.positions == "learned")
         # The speedrun's: U-net gains, x₀ mixes per block, value tables and the mixes of their 2E blocks.
         speedrun = self.unet_skips * (L // 2) + self.embed_skips * 2 * L + self.value_embeds * (self.n_vocab * KV + 4)
+        speedrun += bool(self.mtp_weight) * D * D  # the multi-token head's map W_MTP
         return tables + L * (2 * norm + attention + mlp) + norm + speedrun
 
     @property
@@ -133,7 +141,7 @@ class ModelConfig:
         value_tables = self.value_embeds * self.n_vocab * self.kv_heads * self.head_dim
         return self.n_params - looked_up * self.n_embd - value_tables
 
-    def flops_per_token(self, causal_half: bool = False) -> int:
+    def flops_per_token(self, causal_half: bool = False, n_ctx: int | None = None) -> int:
         """Training FLOPs per token (forward + backward, one multiply-add = 2 FLOPs): 6N + 12·L·T·D.
 
         6N (N: n_compute_params) is the matmuls of the forward pass (2N) and of the backward pass (4N: input
@@ -144,10 +152,13 @@ class ModelConfig:
         rotation, QK-norm, soft-capping, the optimizer) is left out: a few percent of XLA's own count at
         matmul-bound shapes (tests/test_flops.py). How the knobs enter: SwiGLU's third matrix and its 8D/3
         width, grouped K/V heads (narrower W_K, W_V; the scores still have H heads) and an untied W_U through N;
-        relu2, RoPE, qk_norm and logit_softcap add no matmul work.
+        relu2, RoPE, qk_norm and logit_softcap add no matmul work. model.mtp_weight adds its map W_MTP through N
+        and a second use of the unembedding (6·V·D; its last position is skipped, counted all the same). n_ctx: the
+        window T the tokens are trained in (a sequence-length warm-up's shorter ones); default model.n_ctx.
         """
-        attention = 12 * self.n_layer * self.n_ctx * self.n_embd
-        return 6 * self.n_compute_params + (attention // 2 if causal_half else attention)
+        attention = 12 * self.n_layer * (n_ctx or self.n_ctx) * self.n_embd
+        mtp_unembed = 6 * self.n_vocab * self.n_embd * bool(self.mtp_weight)
+        return 6 * self.n_compute_params + mtp_unembed + (attention // 2 if causal_half else attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +202,12 @@ class TrainConfig:
     eps: float = _field(1e-8, "AdamW epsilon")
     optimizer: str = _field("adamw", "adamw | muon (matrices; AdamW for tables, gains, biases) | lion (sign updates)")
     muon_lr: float = _field(0.02, "muon: peak learning rate of the matrices (train.lr drives the AdamW part)")
+    muon_iteration: str = _field("newton_schulz", "muon: how updates are orthogonalised: newton_schulz (one fixed "
+                                                  "quintic, 5 times) | polar_express (an optimal quintic per step)")
+    normuon: bool = _field(False, "muon: NorMuon: even out each neuron's share of the orthogonalised update by an "
+                                  "EMA (beta2 0.95) of its mean square, the update's RMS kept")
+    cautious_wd: bool = _field(False, "decay weights only where the update and the weight share a sign "
+                                      "(cautious weight decay; every optimizer)")
     grad_clip: float = _field(1.0, "global gradient-norm clip; 0 disables")
     seed: int = _field(1337, "seed for init, data order and dropout")
     eval_every: int = _field(250, "evaluate (and checkpoint) every this many steps")
@@ -205,6 +222,10 @@ class TrainConfig:
                                        "this share of the decay steps; 0: warm-up + cosine")
     head_lr: float = _field(0.0, "peak learning rate of the untied unembedding W_U (model.tie_embeddings=false, "
                                  "AdamW); 0: train.lr")
+    batch_warmup_steps: int = _field(0, "batch-size warm-up: steps before N/2 train on the first quarter of their "
+                                        "batch's rows, steps before N on the first half; 0: off")
+    seq_warmup_steps: int = _field(0, "sequence-length warm-up: steps before N/2 train on the first n_ctx/4 tokens "
+                                      "of each window, steps before N on the first n_ctx/2; 0: off")
     init_from: str = _field("", "fine-tune: start from a run dir, HF GPT-2 folder or gpt2[-medium|-large|-xl]")
 
     def __post_init__(self):
@@ -218,8 +239,11 @@ class TrainConfig:
         _check(not (self.flops_budget and self.tokens_per_param),
                "train.flops_budget and train.tokens_per_param both set: a run's length comes from one of them")
         _check(self.max_skips >= 0, f"train.max_skips must be >= 0, got {self.max_skips}")
+        for name in ("batch_warmup_steps", "seq_warmup_steps"):
+            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         _check(self.optimizer in ("adamw", "muon", "lion"),
                f"train.optimizer must be adamw, muon or lion, got {self.optimizer!r}")
+        self._check_muon_levers()
         _check(self.on_nonfinite in ("stop", "skip", "rollback"),
                f"train.on_nonfinite must be stop, skip or rollback, got {self.on_nonfinite!r}")
         _check(self.batch_size % self.grad_accum == 0,
@@ -234,6 +258,13 @@ class TrainConfig:
                    f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
         _check(0 <= self.seed <= MAX_SEED, f"train.seed must be between 0 and {MAX_SEED}, got {self.seed}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+
+    def _check_muon_levers(self):
+        _check(self.muon_iteration in ("newton_schulz", "polar_express"),
+               f"train.muon_iteration must be newton_schulz or polar_express, got {self.muon_iteration!r}")
+        for name, on in (("muon_iteration", self.muon_iteration != "newton_schulz"), ("normuon", self.normuon)):
+            _check(not on or self.optimizer == "muon", f"train.{name}={getattr(self, name)} changes Muon's "
+                   f"update, but train.optimizer={self.optimizer}: also set train.optimizer=muon")
 
     @property
     def micro_batch_size(self) -> int:
@@ -306,17 +337,20 @@ class Config:
         return self
 
     def resolve_steps(self) -> Config:
-        """train.steps from a compute budget (train.flops_budget or train.tokens_per_param), n_vocab resolved."""
+        """train.steps from a compute budget (train.flops_budget or train.tokens_per_param), n_vocab resolved.
+        A batch or sequence warm-up's smaller steps are counted as what they are (gptjax.config.warmup)."""
         t, per_step = self.train, self.tokens_per_step
         if not (t.flops_budget or t.tokens_per_param):
             return self
         flops = self.model.flops_per_token() * per_step
         if t.flops_budget:
-            # The tolerance forgives a budget that is an exact multiple of one step's cost written as a float.
-            steps, what = math.floor(t.flops_budget / flops * (1 + 1e-12)), f"train.flops_budget={t.flops_budget:g}"
+            steps = warmup.steps_within(self, t.flops_budget,
+                                        lambda rows, n: rows * n * self.model.flops_per_token(n_ctx=n))
+            what = f"train.flops_budget={t.flops_budget:g}"
         else:
             tokens = t.tokens_per_param * self.model.n_compute_params
-            steps, what = math.floor(tokens / per_step * (1 + 1e-12)), f"train.tokens_per_param={t.tokens_per_param:g}"
+            steps = warmup.steps_within(self, tokens, lambda rows, n: rows * n)
+            what = f"train.tokens_per_param={t.tokens_per_param:g}"
         _check(steps > 0, f"{what} buys no step: one step costs {flops:.3g} FLOPs ({per_step} tokens x "
                           f"{self.model.flops_per_token():,} FLOPs per token); raise it, or shrink the model or batch")
         return self.replace(train={"steps": steps})

@@ -7,6 +7,7 @@ import functools
 import glob
 import gzip
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +110,8 @@ def documents(src: Source, text_field: str, block_chars: int) -> Iterator[Iterat
     for path in src.paths:
         if loader_of(path) == "text":
             yield _text_blocks(path, block_chars)
+        elif _is_json_lines(path):
+            yield from _json_lines(path, text_field)
         else:
             yield from _rows(functools.partial(_local, path), text_field, str(path), path)
 
@@ -128,6 +131,81 @@ def _text_blocks(path: Path, block_chars: int) -> Iterator[str]:
         problem = first_line(e)
     if problem:
         raise DataError(f"cannot read shard {str(path)!r}: {problem}; replace or remove the file")
+
+
+def _is_json_lines(path: Path) -> bool:
+    return [s.lower() for s in path.suffixes[-2:] if s.lower() not in COMPRESSIONS][-1:] == [".jsonl"]
+
+
+def _json_lines(path: Path, text_field: str) -> Iterator[Iterator[str]]:
+    """Documents of a JSON-lines shard, read here line by line: 2x faster than through `datasets`
+    (its Arrow tables become Python strings anyway), which the process feeding the tokenizing workers
+    would otherwise spend, on the cores they need. Rows and their checks are `_rows`' own."""
+    row, columns = 0, None
+    try:
+        with _open_binary(path) as f:
+            for line in _lines(f):
+                if not line.strip():
+                    continue
+                obj = _json_row(line, row, path, text_field)
+                columns = columns or list(obj)
+                text = obj.get(text_field)
+                if text is not None and not isinstance(text, str):
+                    raise DataError(f"dataset {str(path)!r} row {row}: {text_field!r} holds {type(text).__name__} "
+                                    f"{str(text)[:30]!r}, not text; fix the row or set data.text_field")
+                row += 1
+                if text:
+                    yield iter((text,))
+        problem = _decompression_problem(path) if path.suffix.lower() == ".zst" else None
+    except UnicodeDecodeError as e:
+        problem = _decompression_problem(path) or f"not UTF-8 text ({e.reason})"
+    except (OSError, EOFError, _ZSTD_ERROR) as e:
+        problem = _decompression_problem(path) or first_line(e)
+    if problem:
+        raise DataError(f"cannot load dataset {str(path)!r} (at row {row}): {problem}; replace or remove the file")
+    if columns is not None and text_field not in columns and row:
+        raise DataError(f"dataset {str(path)!r} has no column {text_field!r} (columns: {', '.join(columns)}); "
+                        f"set data.text_field")
+
+
+def _lines(f, block: int = 1 << 20) -> Iterator[bytes]:
+    """A binary stream's lines (without their ends), read in blocks: gzip's, zstd's and files' streams alike."""
+    rest = b""
+    while data := f.read(block):
+        *whole, rest = (rest + data).split(b"\n")
+        yield from whole
+    if rest:
+        yield rest
+
+
+def _json_row(line: bytes, row: int, path: Path, text_field: str) -> dict:
+    text = line.decode("utf-8")  # strict, unlike json.loads(bytes): bad bytes are the file's fault
+    if row == 0 and text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"cannot load dataset {str(path)!r} (at row {row}): not JSON: {e.msg} "
+                        f"(column {e.colno}); replace or remove the file") from None
+    except RecursionError:  # 20,000 `[` overflow Python's parser
+        raise DataError(f"cannot load dataset {str(path)!r} (at row {row}): JSON nested too deeply; replace or "
+                        f"remove the file") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"dataset {str(path)!r} row {row} is a JSON {type(obj).__name__}, not an object with a "
+                        f"{text_field!r} field; fix the row")
+    value = obj.get(text_field)
+    if isinstance(value, str) and "\\u" in text and _has_surrogate(value):
+        raise DataError(f"dataset {str(path)!r} row {row}: {text_field!r} holds an unpaired surrogate escape "
+                        f"(\\ud800-\\udfff), not text; fix the row")
+    return obj
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _decompression_problem(path: Path) -> str | None:

@@ -6,7 +6,7 @@ Dimension key, reused in einsum strings, logical sharding names and array suffix
 Keys and values have G = n_kv_head heads (G = H unless grouped); their `h` names those G.
 
 The architecture knobs (positions, norm, mlp, qk_norm, n_kv_head, tie_embeddings,
-logit_softcap, and the speedrun's zero_init_proj, unet_skips, value_embeds) pick small
+logit_softcap, and the speedrun's zero_init_proj, unet_skips, value_embeds, mtp_weight) pick small
 parts from layers.py and rope.py; at their defaults the model, its parameter tree and its
 random draws are GPT-2's.
 
@@ -61,6 +61,8 @@ class GPT(nnx.Module):
         # At the scale of the values x·W_V they are mixed with (unit-RMS x, 0.02 weights): 0.02·√D.
         self.w_value_evhk = normal(rngs, (E, cfg.n_vocab, G, K), (None, "vocab", "heads", "head_dim"),
                                    0.02 * cfg.n_embd ** 0.5) if E else None
+        # Multi-token prediction (model.mtp_weight): one map from the final hidden state to token t+2's.
+        self.w_mtp_dd = normal(rngs, (cfg.n_embd, cfg.n_embd), ("embed", None), 0.02) if cfg.mtp_weight else None
 
     def __call__(self, idx_bt: jax.Array, *, rngs: nnx.Rngs | None = None, tap: Tap | None = None) -> jax.Array:
         """Logits for every position; dropout is on when `rngs` is given."""
@@ -116,6 +118,12 @@ class GPT(nnx.Module):
         table_evhk = constrain(self.w_value_evhk[...], (None, "vocab", None, None))  # whole, as W_E
         tables = [self.cfg.value_table(i) for i in range(len(self.blocks))]
         return [None if e is None else table_evhk[e][idx_bt].astype(self.dtype) for e in tables]
+
+    def after_next(self, x_btd: jax.Array) -> jax.Array:
+        """Multi-token prediction (model.mtp_weight): logits for token t+2 from the final hidden state at t, mapped
+        by W_MTP and unembedded by the shared head. Only training reads them (a loss on the side); the model's
+        own logits stay next-token."""
+        return self.unembed(dense(x_btd, self.w_mtp_dd, None, self.dtype))
 
     def unembed(self, x_btd: jax.Array) -> jax.Array:
         # Tied weights (GPT-2): W_U = W_Eᵀ. Logits come out float32 for a stable softmax.

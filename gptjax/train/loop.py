@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import data, sharding
-from gptjax.config import Config
+from gptjax.config import Config, warmup
 from gptjax.data import tokenizer as tokenizers
 from gptjax.errors import UserError
 from gptjax.train.checkpoint import Checkpoints
@@ -80,11 +80,14 @@ def eval_batch(cfg: Config, tokens, i: int, rows=slice(None)) -> tuple[np.ndarra
 
 
 def local_batch(cfg: Config, ds: data.Dataset, step: int, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Step `step`'s batch as [grad_accum, micro_batch, n_ctx] host arrays, this process's rows only."""
+    """Step `step`'s batch as [grad_accum, micro_batch, n_ctx] host arrays, this process's rows only. In a batch
+    or sequence warm-up, the first rows of that batch and the first tokens of each window (config.warmup)."""
     t = cfg.train
+    rows, length = warmup.shape_at(cfg, step, sharding.n_batch_shards(mesh))
     starts = data.window_starts(len(ds.train), seed=t.seed, step=step, batch_size=t.batch_size, n_ctx=cfg.model.n_ctx)
-    starts = starts.reshape(t.grad_accum, t.micro_batch_size)[:, sharding.process_rows(t.micro_batch_size, mesh)]
-    return data.gather(ds.train, starts, cfg.model.n_ctx)
+    micro = rows // t.grad_accum
+    starts = starts[:rows].reshape(t.grad_accum, micro)[:, sharding.process_rows(micro, mesh)]
+    return data.gather(ds.train, starts, length)
 
 
 def train_batch(cfg: Config, ds: data.Dataset, step: int, mesh):
@@ -106,7 +109,7 @@ class Loop:
         self.skipped = 0  # updates skipped since the last log line
         self.skipped_in_a_row = 0
         self.clock = Clock()
-        self.flops_per_token = cfg.model.flops_per_token()
+        self.shards = sharding.n_batch_shards(mesh)
 
     def run(self, state: TrainState, start: int):
         """Row k of metrics.jsonl describes the parameters after k updates and the update taken from them
@@ -142,9 +145,12 @@ class Loop:
                 return last
             if step == start:
                 self.tracker.message("compiling the train step...")  # seconds to minutes, before the bar moves
+            new_shape = self.warming_up(step, start)
+            if new_shape and step != start:
+                self.clock.settle(state)  # the steps before keep their place in the rate; the compile does not
             state, metrics = self.pieces.train_step(state, *self.batch(step))
             self.pending.append((step + 1, self.paced.add(metrics.pop("finite"))))  # named by the parameters it made
-            self.clock.tick(state, first=step == start)
+            self.clock.tick(state, first=step == start or new_shape, tokens=self.step_tokens(step))
             if step == start:
                 self.tracker.compiled(step + 1)
             else:
@@ -166,13 +172,13 @@ class Loop:
     def log(self, state: TrainState, step: int, metrics: dict, evals: dict) -> dict:
         """Row `step`: the update from step's parameters (metrics), and their evaluation if one was due."""
         row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()},
-               **self.clock.read(self.cfg.tokens_per_step), **self.counted(step), **evals, **self.skips()}
+               **self.clock.read(), **self.counted(step), **evals, **self.skips()}
         self.tracker.log(step, row)
         return row
 
     def log_final(self, state: TrainState, step: int, evals: dict) -> dict:
         """The last row: no update follows, so train_loss is batch `step`'s loss measured alone, and no lr."""
-        row = {"step": step, "train_loss": self.batch_loss(state, step), **self.clock.read(self.cfg.tokens_per_step),
+        row = {"step": step, "train_loss": self.batch_loss(state, step), **self.clock.read(),
                **self.counted(step), **evals, **self.skips()}
         self.tracker.log(step, row)
         return row
@@ -183,7 +189,22 @@ class Loop:
     def tokens_per_sec(self) -> float | None:
         """Each run's training speed over this session, compilation and evaluations left out."""
         c = self.clock
-        return c.trained_steps * self.cfg.tokens_per_step / c.trained_s if c.trained_s else None
+        return c.trained_tokens / c.trained_s if c.trained_s else None
+
+    def step_tokens(self, step: int) -> int:
+        """The tokens update `step` trains on, for one run."""
+        rows, length = warmup.shape_at(self.cfg, step, self.shards)
+        return rows * length
+
+    def warming_up(self, step: int, start: int) -> bool:
+        """Whether step `step` is a warm-up's first at a new shape (a new program to compile); it says which."""
+        t, shape = self.cfg.train, warmup.shape_at(self.cfg, step, self.shards)
+        if not (t.batch_warmup_steps or t.seq_warmup_steps) or (
+                step != start and shape == warmup.shape_at(self.cfg, step - 1, self.shards)):
+            return False
+        self.tracker.message(f"step {step}: batches of {shape[0]} x {shape[1]} tokens (train.batch_warmup_steps="
+                             f"{t.batch_warmup_steps}, train.seq_warmup_steps={t.seq_warmup_steps})")
+        return True
 
     def skips(self) -> dict:
         """skipped_steps: the updates skipped (train.on_nonfinite=skip) since the last row, where there were any."""
@@ -195,9 +216,10 @@ class Loop:
         self.tracker.rewind(step)
 
     def counted(self, step: int) -> dict[str, int]:
-        """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token)."""
-        tokens = step * self.cfg.tokens_per_step
-        return {"tokens": tokens, "flops": tokens * self.flops_per_token}
+        """The training compute behind the parameters at `step`: tokens and FLOPs (model.flops_per_token), a
+        warm-up's smaller steps counted as they are."""
+        return {"tokens": warmup.tokens_before(self.cfg, step, self.shards),
+                "flops": warmup.flops_before(self.cfg, step, self.shards)}
 
     def save(self, state: TrainState, step: int, evals: dict) -> None:
         save(self.ckpts, self.cfg, state, step, evals)

@@ -1,4 +1,5 @@
-"""The optimizer: global-norm clipping, then AdamW, Muon or Lion on a warmup + cosine (or trapezoidal) schedule."""
+"""The optimizer: global-norm clipping, then AdamW, Muon or Lion on a warmup + cosine (or trapezoidal) schedule;
+the levers of gptjax/train/optim_levers.py (Polar Express, NorMuon, cautious weight decay) when set."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from optax.contrib import MuonDimensionNumbers, scale_by_muon
 from optax.contrib._muon import scale_by_shape  # not exported; pinned by tests/test_recipe.py
 
 from gptjax.config import TrainConfig
+from gptjax.train.optim_levers import add_decayed_weights, decay, muon_coeffs, scale_by_neuron_rms
 
 # Looked-up rows, not linear maps: Muon leaves them to AdamW.
 TABLES = ("wte_vd", "wpe_td", "w_unembed_vd", "w_value_evhk")
@@ -85,26 +87,32 @@ def head_rate(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def update_rule(cfg: TrainConfig) -> optax.GradientTransformation:
+    # optax.adamw and optax.lion, link for link (the same state tree), with the decay link ours.
     if cfg.optimizer == "muon":
         return muon(cfg)
     if cfg.optimizer == "lion":
-        return optax.lion(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask)
-    return optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                       weight_decay=cfg.weight_decay, mask=decay_mask)
+        direction = optax.scale_by_lion(b1=cfg.beta1, b2=cfg.beta2)
+    else:
+        direction = optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps)
+    return optax.chain(direction, add_decayed_weights(cfg.weight_decay, decay_mask, cfg.cautious_wd),
+                       optax.scale_by_learning_rate(schedule(cfg)))
 
 
 def muon(cfg: TrainConfig) -> optax.GradientTransformation:
     """optax.contrib.muon's parts, assembled here so that its AdamW part decays weights only: contrib.muon
     decays every parameter it leaves to AdamW, biases and norm gains included. The parts and the state
-    tree are contrib.muon's, so Muon checkpoints saved before still restore."""
+    tree are contrib.muon's, so Muon checkpoints saved before still restore. train.normuon adds a link
+    (its statistics in the state), train.muon_iteration=polar_express a (5, 3) ns_coeffs in it."""
     matrices = optax.chain(
-        scale_by_muon(beta=cfg.beta1 if cfg.beta1 else 0.95, weight_dimension_numbers=muon_dims),
+        scale_by_muon(ns_coeffs=muon_coeffs(cfg.muon_iteration), beta=cfg.beta1 if cfg.beta1 else 0.95,
+                      weight_dimension_numbers=muon_dims),
+        *([scale_by_neuron_rms(muon_dims)] if cfg.normuon else []),
         scale_by_shape(weight_dimension_numbers=muon_dims),
-        optax.add_decayed_weights(cfg.weight_decay),
+        add_decayed_weights(cfg.weight_decay, cautious=cfg.cautious_wd),
         optax.scale_by_learning_rate(schedule(cfg, cfg.muon_lr)))
     others = optax.chain(  # optax.adamw as contrib.muon builds it (Nesterov), its decay on weights only
         optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, nesterov=True),
-        decayed_weights(cfg.weight_decay),
+        decay_on_weights(cfg.weight_decay, cfg.cautious_wd),
         optax.scale_by_learning_rate(schedule(cfg)))
     return optax.partition({"muon": matrices, "adam": others}, muon_labels)
 
@@ -114,10 +122,11 @@ def muon_labels(params):
                         is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
 
 
-def decayed_weights(weight_decay: float) -> optax.GradientTransformation:
-    """optax.add_decayed_weights on the weights only (decay_mask), with its empty state: the masked
-    form's state is another tree, which checkpoints saved before would not restore into."""
+def decay_on_weights(weight_decay: float, cautious: bool = False) -> optax.GradientTransformation:
+    """Decay on the weights only (decay_mask), with optax.add_decayed_weights's empty state: the masked
+    form's state is another tree, which Muon checkpoints saved before would not restore into."""
     def update(updates, state, params):
-        decayed = jax.tree.map(lambda u, p, w: u + weight_decay * p if w else u, updates, params, decay_mask(params))
+        step = decay(weight_decay, cautious)
+        decayed = jax.tree.map(lambda u, p, w: step(u, p) if w else u, updates, params, decay_mask(params))
         return decayed, state
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -72,7 +72,8 @@ def check_run_dir(cfg: config_lib.Config, ds=None) -> Path:
 
 
 # What a started run keeps: the model and the optimizer shape its checkpoints; the data its token ids.
-PINNED = {"model": None, "train": ("optimizer",), "data": ("source", "tokenizer", "val_fraction", "text_field")}
+PINNED = {"model": None, "train": ("optimizer", "muon_iteration", "normuon"),  # these three shape its state
+          "data": ("source", "tokenizer", "val_fraction", "text_field")}
 
 
 def _changed(run_dir: Path, key: str, was, now) -> str:

@@ -178,7 +178,7 @@ class Stack(Loop):
         batches = {c.train.seed: local_batch(c, self.ds, step, self.mesh) for c in self.cfgs}  # as Loop.batch_loss
         losses = self.losses(state.params, self.cfg.train.grad_accum,
                              lambda c, i: tuple(a[i] for a in batches[c.train.seed]))
-        clock = self.clock.read(self.cfg.tokens_per_step) | self.counted(step)
+        clock = self.clock.read() | self.counted(step)
         return self.write(step, [{"step": step, "train_loss": float(loss), **clock, **e, **skips}
                                  for loss, e, skips in zip(losses, evals, self.skips())])
 
@@ -200,7 +200,7 @@ class Stack(Loop):
                  "eval_s": seconds} for tr, va, trb, vab in zip(out["train"], out["val"], bpb["train"], bpb["val"])]
 
     def log(self, state: TrainState, step: int, metrics: dict, evals: list[dict]) -> list[dict]:
-        values, clock = jax.device_get(metrics), self.clock.read(self.cfg.tokens_per_step)
+        values, clock = jax.device_get(metrics), self.clock.read()
         evals, skips = evals or [{} for _ in self.cfgs], self.skips()
         clock |= self.counted(step)
         return self.write(step, [{"step": step, **{k: float(v[i]) for k, v in values.items()}, **clock, **evals[i],

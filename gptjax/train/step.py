@@ -32,11 +32,26 @@ def initial_rng(seed) -> jax.Array:
 
 
 def loss_fn(params: nnx.State, graphdef: nnx.GraphDef, x_bt, y_bt, dropout_key=None) -> jax.Array:
-    """Mean next-token cross-entropy; dropout is on when a key is given."""
+    """Mean next-token cross-entropy; dropout is on when a key is given. Evaluation's loss, whatever training
+    adds (objective)."""
     model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None and model.cfg.dropout > 0 else None
     logits_btv = model(x_bt, rngs=rngs)
     return optax.softmax_cross_entropy_with_integer_labels(logits_btv, y_bt).mean()
+
+
+def objective(params: nnx.State, graphdef: nnx.GraphDef, x_bt, y_bt, dropout_key=None) -> tuple[jax.Array, dict]:
+    """What training minimises and its parts: the next-token loss (train_loss), plus model.mtp_weight times the
+    loss of predicting token t+2 (mtp_loss; the last position has no such target) when that is on."""
+    model = nnx.merge(graphdef, params)
+    rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None and model.cfg.dropout > 0 else None
+    x_btd, _ = model.hidden(x_bt, rngs=rngs)
+    loss = optax.softmax_cross_entropy_with_integer_labels(model.unembed(x_btd), y_bt).mean()
+    if not model.cfg.mtp_weight:
+        return loss, {"train_loss": loss}
+    mtp = (optax.softmax_cross_entropy_with_integer_labels(model.after_next(x_btd[:, :-1]), y_bt[:, 1:]).mean()
+           if x_bt.shape[1] > 1 else jnp.zeros((), jnp.float32))  # a one-token window has no token t+2
+    return loss + model.cfg.mtp_weight * mtp, {"train_loss": loss, "mtp_loss": mtp}
 
 
 def all_finite(tree) -> jax.Array:
@@ -56,16 +71,17 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Sched
 
     def micro(grad_sum, xs):
         x_bt, y_bt, i = xs
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, graphdef, x_bt, y_bt, jax.random.fold_in(key, i))
-        return jax.tree.map(jnp.add, grad_sum, grads), loss
+        (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(state.params, graphdef, x_bt, y_bt,
+                                                                        jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, grad_sum, grads), parts
 
     n_micro = x_abt.shape[0]
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grad_sum, losses = jax.lax.scan(micro, zeros, (x_abt, y_abt, jnp.arange(n_micro)))
+    grad_sum, parts = jax.lax.scan(micro, zeros, (x_abt, y_abt, jnp.arange(n_micro)))
     grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    loss, grad_norm = losses.mean(), optax.global_norm(grads)
+    loss, grad_norm = parts.pop("train_loss").mean(), optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     if skip_nonfinite:
         params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
@@ -76,6 +92,7 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Sched
         "update_ratio": optax.global_norm(updates) / optax.global_norm(state.params),
         "lr": schedule(state.step),
         "finite": finite,
+        **{name: part.mean() for name, part in parts.items()},  # mtp_loss, when on
     }
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 

@@ -150,36 +150,44 @@ def has_wandb_key() -> bool:
 
 
 class Clock:
-    """Tokens per second between log lines; the first step after a start compiles, so it is timed apart.
+    """Tokens per second between log lines; a step that compiles (the first after a start, a warm-up's first at a
+    new shape) is timed apart.
 
-    `trained_steps` and `trained_s` add up every interval read, for the run's overall speed.
+    `trained_tokens` and `trained_s` add up every interval read, for the run's overall speed.
     """
 
     def __init__(self):
         self.restart()
         self.compile_s = None
-        self.trained_steps, self.trained_s = 0, 0.0
+        self.trained_tokens, self.trained_s = 0, 0.0
 
-    def restart(self) -> None:
-        self.since, self.steps = time.perf_counter(), 0
+    def restart(self, keep: tuple[int, float] = (0, 0.0)) -> None:
+        self.since, (self.tokens, self.kept_s) = time.perf_counter(), keep
 
     def skip(self, seconds: float) -> None:
         """Leave `seconds` (an evaluation) out of the rate, keeping the steps counted so far."""
         self.since += seconds
 
-    def tick(self, state, first: bool) -> None:
-        self.steps += 1
+    def settle(self, state) -> None:
+        """Before a step that compiles mid-interval: the steps so far are waited for and kept in the rate."""
+        jax.block_until_ready(state)
+        self.restart((self.tokens, self.kept_s + time.perf_counter() - self.since))
+
+    def tick(self, state, first: bool, tokens: int) -> None:
+        """A step of `tokens` tokens dispatched; `first`: it compiled, so it is left out of the rate."""
         if first:
             jax.block_until_ready(state)
             self.compile_s = time.perf_counter() - self.since
-            self.restart()
+            self.restart((self.tokens, self.kept_s))
+        else:
+            self.tokens += tokens
 
-    def read(self, tokens_per_step: int) -> dict[str, float]:
+    def read(self) -> dict[str, float]:
         row = {"compile_s": self.compile_s} if self.compile_s is not None else {}
-        if self.steps:
-            seconds = time.perf_counter() - self.since
-            row["tokens_per_sec"] = self.steps * tokens_per_step / seconds
-            self.trained_steps, self.trained_s = self.trained_steps + self.steps, self.trained_s + seconds
+        if self.tokens:
+            seconds = time.perf_counter() - self.since + self.kept_s
+            row["tokens_per_sec"] = self.tokens / seconds
+            self.trained_tokens, self.trained_s = self.trained_tokens + self.tokens, self.trained_s + seconds
         self.compile_s = None
         self.restart()
         return row

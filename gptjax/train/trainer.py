@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 
 from gptjax import data, errors, sharding
-from gptjax.config import Config, ConfigError
+from gptjax.config import Config, ConfigError, warmup
 from gptjax.train import finetune
 from gptjax.train.checkpoint import CHECKPOINT_DIR, Checkpoints
 from gptjax.train.loop import Loop, TrainingError, eval_batch, evaluate, train_batch  # noqa: F401 (the trainer's API)
@@ -43,10 +43,7 @@ def setup(cfg: Config):
     """Data, resolved config and mesh, checked before the run directory is touched."""
     ds = prepare_data(cfg)
     cfg = cfg.resolve_vocab(ds.vocab_size).resolve_steps()  # a compute budget's steps need the vocabulary
-    if (cfg.train.flops_budget or cfg.train.tokens_per_param) and jax.process_index() == 0:
-        print(f"budget: {cfg.train.steps} steps x {cfg.tokens_per_step:,} tokens x {cfg.model.flops_per_token():,} "
-              f"FLOPs per token = {cfg.train.steps * cfg.tokens_per_step * cfg.model.flops_per_token():.3g} FLOPs "
-              f"(N = {cfg.model.n_compute_params:,} parameters)", file=sys.stderr)
+    budget = cfg.train.flops_budget or cfg.train.tokens_per_param
     data.check_fits(ds, cfg.model.n_ctx)
     step_flops = cfg.model.flops_per_token() * cfg.tokens_per_step
     mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size, step_flops))
@@ -54,7 +51,24 @@ def setup(cfg: Config):
     if cfg.train.micro_batch_size % shards:
         raise ConfigError(f"micro-batch of {cfg.train.micro_batch_size} sequences (train.batch_size / "
                           f"train.grad_accum) does not split over {shards} devices; make it a multiple of {shards}")
+    if budget and warmup.segments(cfg, shards) != warmup.segments(cfg):
+        raise ConfigError(f"train.batch_warmup_steps: a quarter or half batch of train.batch_size="
+                          f"{cfg.train.batch_size} is rounded to split over {shards} devices, which the compute "
+                          f"budget did not count; make train.batch_size a multiple of "
+                          f"{4 * cfg.train.grad_accum * shards} or set train.steps instead of a budget")
+    if budget and jax.process_index() == 0:
+        print(budget_line(cfg), file=sys.stderr)
     return cfg, ds, mesh
+
+
+def budget_line(cfg: Config) -> str:
+    """What a compute budget bought, said once on stderr."""
+    flops, n = warmup.flops_before(cfg, cfg.train.steps), f"(N = {cfg.model.n_compute_params:,} parameters)"
+    if cfg.train.batch_warmup_steps or cfg.train.seq_warmup_steps:
+        return (f"budget: {cfg.train.steps} steps, {warmup.tokens_before(cfg, cfg.train.steps):,} tokens with the "
+                f"warm-up's smaller batches = {flops:.3g} FLOPs {n}")
+    return (f"budget: {cfg.train.steps} steps x {cfg.tokens_per_step:,} tokens x {cfg.model.flops_per_token():,} "
+            f"FLOPs per token = {flops:.3g} FLOPs {n}")
 
 
 def train(cfg: Config) -> dict:
