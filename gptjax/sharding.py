@@ -135,9 +135,14 @@ def mesh_devices(cfg: MeshConfig, rows: int, step_flops: float = float("inf")) -
     return devices[:max(n for n in range(1, len(devices) + 1) if rows % n == 0)]
 
 
+def split_by_gptjax(devices: list) -> bool:
+    """Whether these devices are CPU cores gptjax split for a run on its own (not a count the user set)."""
+    return _cores_split == "run" and len(devices) > 1 and devices[0].platform == "cpu"
+
+
 def split_note(mesh: Mesh) -> str | None:
     """Said once to a run whose batch gptjax split over the CPU cores (split_cores): how, and how to keep one."""
-    if _cores_split != "run" or mesh.size < 2 or mesh.devices.flat[0].platform != "cpu":
+    if not split_by_gptjax(list(mesh.devices.flat)):
         return None
     return f"training on {mesh.size} CPU cores, the batch split across them (JAX_NUM_CPU_DEVICES=1 keeps one)"
 

@@ -46,7 +46,10 @@ def setup(cfg: Config):
     budget = cfg.train.flops_budget or cfg.train.tokens_per_param
     data.check_fits(ds, cfg.model.n_ctx)
     step_flops = cfg.model.flops_per_token() * cfg.tokens_per_step
-    mesh = sharding.make_mesh(cfg.mesh, sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size, step_flops))
+    devices = sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size, step_flops)
+    if sharding.split_by_gptjax(devices) and warmup.segments(cfg, len(devices)) != warmup.segments(cfg):
+        devices = devices[:1]  # the split would round the warm-up's batches: a speed-up must not change the run
+    mesh = sharding.make_mesh(cfg.mesh, devices)
     shards = sharding.n_batch_shards(mesh)
     if cfg.train.micro_batch_size % shards:
         raise ConfigError(f"micro-batch of {cfg.train.micro_batch_size} sequences (train.batch_size / "
