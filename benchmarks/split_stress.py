@@ -57,7 +57,8 @@ def one(run_dir: Path, args, term_after: float | None) -> dict:
             "aborted": "Termination timeout" in stderr, "stall_warnings": stderr.count("may be stuck"),
             "split": "CPU cores, the batch split" in stdout,
             "finished": "done: step" in stdout or "already trained" in stdout,
-            "wall_s": round(time.monotonic() - began, 1)}
+            "wall_s": round(time.monotonic() - began, 1),
+            **({"stderr_tail": stderr[-1500:]} if proc.returncode not in (0, 128 + signal.SIGTERM) else {})}
 
 
 def run_to_the_end(i: int, out: Path, args) -> list[dict]:
