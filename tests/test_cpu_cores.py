@@ -146,3 +146,14 @@ def test_a_split_run_equals_the_one_device_run_and_resumes_across_device_counts(
     assert "resuming from step 4" in again.stdout
     assert_close(split, one)
     assert_close(mixed, one)
+
+
+@pytest.mark.skipif(CORES != 2, reason="checks the rounding of a batch warm-up over exactly two cores")
+def test_a_warm_up_the_split_would_round_keeps_one_device(tmp_path):
+    """Batch 98 splits over 2 cores, but its warm-up's half batch of 49 would round to 48 there: a speed-up
+    must not change what trains, so that run keeps one device (and says nothing of cores)."""
+    args = ["tiny", "train.batch_size=98", "train.steps=1", "train.eval_every=1", "train.eval_batches=1"]
+    plain = run_script("train.py", *args, f"run.out_dir={tmp_path / 'plain'}")
+    warm = run_script("train.py", *args, "train.batch_warmup_steps=4", f"run.out_dir={tmp_path / 'warm'}")
+    assert plain.returncode == warm.returncode == 0, plain.stderr[-1000:] + warm.stderr[-1000:]
+    assert "training on 2 CPU cores" in plain.stdout and "CPU cores" not in warm.stdout
