@@ -109,6 +109,11 @@ _cores_split: str | None = None  # set by split_cores: "run" (a single run's bat
 # work, and a program over two cores pays per step for starting on both and waits for the slower one: on 2
 # shared cores, 2 seeds of a 16-wide model trained 1.4-2x faster on one core (BENCHMARKS.md, "Seeds together").
 SPLIT_MIN_STEP_FLOPS = 5e8
+# Above this share of the step's FLOPs, the work every device repeats (Muon's orthogonalisation: optim.
+# replicated_flops) makes one core faster than the split: the speedrun preset's is 0.63 of its step, and it
+# took 54-66 ms a step on one device against 63-81 split; AdamW's is 0, and the split is 1.36x faster
+# (BENCHMARKS.md, "The two-device split by default"). The line between is not measured: a quarter.
+SPLIT_MAX_REPLICATED = 0.25
 # XLA:CPU aborts a process whose all-reduce waited 40 s for the other device ("Termination timeout for all
 # reduce"). Its one cause found, a deadlock of too many programs in flight, `Paced` prevents; what is left is a
 # device starved of CPU (a machine busy with other work, a suspended process or laptop), which is no reason to kill
@@ -117,12 +122,13 @@ COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds=86400",
                     "--xla_cpu_collective_call_warn_stuck_timeout_seconds=20")
 
 
-def mesh_devices(cfg: MeshConfig, rows: int, step_flops: float = float("inf")) -> list:
+def mesh_devices(cfg: MeshConfig, rows: int, step_flops: float = float("inf"), replicated_flops: float = 0) -> list:
     """The devices for a run's mesh: all of them, except for CPU cores split into devices.
 
     Split cores are a speed-up, not a request, so with the default mesh they follow the batch: the
     most cores whose count divides its `rows`. Where gptjax split them (`split_cores`), a run whose
-    step (`step_flops`) is under SPLIT_MIN_STEP_FLOPS keeps one core, and cores split for stacked
+    step (`step_flops`) is under SPLIT_MIN_STEP_FLOPS, or whose update repeats on every device more than
+    SPLIT_MAX_REPLICATED of that (`replicated_flops`), keeps one core, and cores split for stacked
     runs serve the stacks only (runs_meshes). A count the user set (JAX_NUM_CPU_DEVICES) is split
     whatever the step. Devices that are real (accelerators) or forced (XLA_FLAGS) must fit.
     """
@@ -130,7 +136,8 @@ def mesh_devices(cfg: MeshConfig, rows: int, step_flops: float = float("inf")) -
     split = devices[0].platform == "cpu" and jax.config.jax_num_cpu_devices > 0
     if not split or (cfg.data, cfg.fsdp) != (-1, 1) or jax.process_count() > 1:
         return devices
-    if _cores_split == "runs" or (_cores_split == "run" and step_flops < SPLIT_MIN_STEP_FLOPS):
+    small = step_flops < SPLIT_MIN_STEP_FLOPS or replicated_flops > SPLIT_MAX_REPLICATED * step_flops
+    if _cores_split == "runs" or (_cores_split == "run" and small):
         return devices[:1]
     return devices[:max(n for n in range(1, len(devices) + 1) if rows % n == 0)]
 

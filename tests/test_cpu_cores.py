@@ -38,7 +38,8 @@ from gptjax.config import MeshConfig
 big, small = 2 * sharding.SPLIT_MIN_STEP_FLOPS, sharding.SPLIT_MIN_STEP_FLOPS / 2
 print(json.dumps({"devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
                   **{f"{rows} rows, {name}": len(sharding.mesh_devices(MeshConfig(), rows, flops))
-                     for rows in (12, 3) for name, flops in (("big", big), ("small", small))}}))
+                     for rows in (12, 3) for name, flops in (("big", big), ("small", small))},
+                  "12 rows, big, most of it repeated": len(sharding.mesh_devices(MeshConfig(), 12, big, big / 2))}))
 """
 
 
@@ -70,6 +71,7 @@ def test_train_splits_a_big_step_over_the_cores_and_keeps_a_small_one_on_one():
     assert got["devices"] == CORES
     assert (got["12 rows, big"], got["3 rows, big"]) == (most_dividing(12, CORES), most_dividing(3, CORES))
     assert (got["12 rows, small"], got["3 rows, small"]) == (1, 1)
+    assert got["12 rows, big, most of it repeated"] == 1  # Muon's orthogonalisation runs whole on every core
     assert got["xla_flags"].split() == list(sharding.COLLECTIVE_FLAGS)  # a starved all-reduce waits
 
 

@@ -240,3 +240,22 @@ def test_a_run_with_every_lever_resumes_bit_for_bit(tiny, tmp_path):
     result = run_in_process("train.py", "tiny", *levers, "train.normuon=false", f"run.out_dir={tmp_path / 'part'}")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path / 'part'} holds a run trained with train.normuon=True, but this config says False")
+
+
+def test_replicated_flops_count_muons_orthogonalisation_of_every_matrix_the_model_has():
+    from gptjax import config, sharding
+
+    cfg = config.load("speedrun", []).resolve_vocab(65)
+    params = nnx.state(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
+    is_dims = lambda d: d is None or isinstance(d, MuonDimensionNumbers)  # noqa: E731
+    matrices = []
+    for p, d in zip(jax.tree.leaves(params), jax.tree.leaves(optim.muon_dims(params), is_leaf=is_dims)):
+        if d is not None:  # the matrix Muon orthogonalises: its reduction axes by its output axes
+            axes = [(a,) if isinstance(a, int) else a for a in (d.reduction_axis, d.output_axis)]
+            matrices.append([int(np.prod([p.shape[i] for i in ax])) for ax in axes])
+    assert len(matrices) == 6 * cfg.model.n_layer
+    direct = 5 * sum(4 * min(m, n) ** 2 * max(m, n) + 2 * min(m, n) ** 3 for m, n in matrices)
+    assert optim.replicated_flops(cfg.model, cfg.train) == direct
+    step = cfg.model.flops_per_token() * cfg.tokens_per_step
+    assert direct > sharding.SPLIT_MAX_REPLICATED * step  # so the speedrun keeps one core, as measured
+    assert optim.replicated_flops(cfg.model, dataclasses.replace(cfg.train, optimizer="adamw")) == 0

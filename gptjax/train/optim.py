@@ -8,7 +8,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 from optax.contrib._muon import scale_by_shape  # not exported; pinned by tests/test_recipe.py
 
-from gptjax.config import TrainConfig
+from gptjax.config import ModelConfig, TrainConfig
 from gptjax.train.optim_levers import add_decayed_weights, decay, muon_coeffs, scale_by_neuron_rms
 
 # Looked-up rows, not linear maps: Muon leaves them to AdamW.
@@ -67,6 +67,18 @@ def muon_dims(params):
             return MuonDimensionNumbers(reduction_axis=0, output_axis=tuple(range(1, p.ndim)))
         return MuonDimensionNumbers(reduction_axis=tuple(range(p.ndim - 1)), output_axis=p.ndim - 1)
     return jax.tree_util.tree_map_with_path(dims, params)
+
+
+def replicated_flops(model: ModelConfig, train: TrainConfig) -> int:
+    """FLOPs per step of the update that every data-parallel device repeats whole: Muon's orthogonalisation,
+    5 iterations of X <- aX + (bA + cA²)X with A = XXᵀ on every matrix taken as m x n (m <= n), 4m²n + 2m³
+    each; 0 for AdamW and Lion (elementwise). Splitting a batch over devices divides the rest of the step,
+    not this (sharding.mesh_devices)."""
+    if train.optimizer != "muon":
+        return 0
+    D, F, KV = model.n_embd, model.mlp_dim, model.kv_heads * model.head_dim
+    matrices = [(D, D), (D, KV), (D, KV), (D, D)] + [(D, F)] * (3 if model.mlp == "swiglu" else 2)
+    return 5 * model.n_layer * sum(4 * min(m, n) ** 2 * max(m, n) + 2 * min(m, n) ** 3 for m, n in matrices)
 
 
 def make(cfg: TrainConfig) -> optax.GradientTransformation:

@@ -13,7 +13,7 @@ import jax
 
 from gptjax import data, errors, sharding
 from gptjax.config import Config, ConfigError, warmup
-from gptjax.train import finetune
+from gptjax.train import finetune, optim
 from gptjax.train.checkpoint import CHECKPOINT_DIR, Checkpoints
 from gptjax.train.loop import Loop, TrainingError, eval_batch, evaluate, train_batch  # noqa: F401 (the trainer's API)
 from gptjax.train.resources import check_disk_space, check_memory
@@ -46,7 +46,8 @@ def setup(cfg: Config):
     budget = cfg.train.flops_budget or cfg.train.tokens_per_param
     data.check_fits(ds, cfg.model.n_ctx)
     step_flops = cfg.model.flops_per_token() * cfg.tokens_per_step
-    devices = sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size, step_flops)
+    devices = sharding.mesh_devices(cfg.mesh, cfg.train.micro_batch_size, step_flops,
+                                    optim.replicated_flops(cfg.model, cfg.train))
     if sharding.split_by_gptjax(devices) and warmup.segments(cfg, len(devices)) != warmup.segments(cfg):
         devices = devices[:1]  # the split would round the warm-up's batches: a speed-up must not change the run
     mesh = sharding.make_mesh(cfg.mesh, devices)
