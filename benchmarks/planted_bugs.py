@@ -171,14 +171,13 @@ BUGS = [
         "        lengths = [1 for i in range(self.vocab_size)]",
         ("tests/test_bpb.py::test_char_and_bpe_runs_on_one_text_report_bpb_from_their_own_byte_counts",)),
     Bug("FLOPs per token without the attention term", "gptjax/config/sections.py",
-        "        attention = 12 * self.n_layer * self.n_ctx * self.n_embd",
-        "        attention = 0 * self.n_layer * self.n_ctx * self.n_embd",
+        "        attention = 12 * self.n_layer * (n_ctx or self.n_ctx) * self.n_embd",
+        "        attention = 0 * self.n_layer * (n_ctx or self.n_ctx) * self.n_embd",
         ("tests/test_flops.py::test_the_knobs_move_the_count_as_the_matrices_do",
          "tests/test_flops.py::test_flops_per_token_is_within_10_percent_of_xla")),
-    Bug("a FLOP budget rounds its steps up", "gptjax/config/sections.py",
-        '            steps, what = math.floor(t.flops_budget / flops * (1 + 1e-12)), '
-        'f"train.flops_budget={t.flops_budget:g}"',
-        '            steps, what = math.ceil(t.flops_budget / flops), f"train.flops_budget={t.flops_budget:g}"',
+    Bug("a FLOP budget rounds its steps up", "gptjax/config/warmup.py",
+        "        fit = math.floor(budget / cost * (1 + 1e-12))",
+        "        fit = math.ceil(budget / cost)",
         ("tests/test_budget.py::test_a_flops_budget_sets_the_steps_rounded_down",)),
 ]
 

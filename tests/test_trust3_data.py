@@ -286,9 +286,15 @@ def test_ctrl_c_that_python_swallows_still_stops_the_run(tmp_path, monkeypatch):
                 gc.callbacks.remove(swallow)
 
     monkeypatch.setattr(pipeline.Splits, "write", write_then_interrupt)
-    result = run_in_process("train.py", "tiny", f"data.source={gpt2_corpus(tmp_path)}", "data.tokenizer=gpt2",
+    # A train.py process starts with Python's own SIGINT handler, the one KeptInterrupt replaces (it leaves a
+    # caller's handler alone); a test worker's may be another, so the run here gets Python's, as a process would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run_in_process("train.py", "tiny", f"data.source={gpt2_corpus(tmp_path)}", "data.tokenizer=gpt2",
                             "data.num_proc=2", "data.chunk_chars=4096", f"data.cache_dir={tmp_path / 'cache'}",
-                            "train.steps=2", f"run.out_dir={tmp_path / 'run'}")
+                                "train.steps=2", f"run.out_dir={tmp_path / 'run'}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert fired and result.returncode == 130, result.stderr
     assert "interrupted; nothing new was saved" in result.stderr and not (tmp_path / "run").exists()
 
