@@ -149,10 +149,7 @@ def _json_lines(path: Path, text_field: str) -> Iterator[Iterator[str]]:
                     continue
                 obj = _json_row(line, row, path, text_field)
                 columns = columns or list(obj)
-                text = obj.get(text_field)
-                if text is not None and not isinstance(text, str):
-                    raise DataError(f"dataset {str(path)!r} row {row}: {text_field!r} holds {type(text).__name__} "
-                                    f"{str(text)[:30]!r}, not text; fix the row or set data.text_field")
+                text = _checked_text(obj.get(text_field), row, str(path), text_field)
                 row += 1
                 if text:
                     yield iter((text,))
@@ -287,9 +284,7 @@ def _rows(open_stream, text_field: str, name: str, path: Path | None = None) -> 
                             f"{', '.join(ds.column_names)}); set data.text_field")
         for batch in ds.iter(batch_size=1024):
             for text in batch[text_field]:
-                if text is not None and not isinstance(text, str):
-                    raise DataError(f"dataset {name!r} row {row}: {text_field!r} holds {type(text).__name__} "
-                                    f"{str(text)[:30]!r}, not text; fix the row or set data.text_field")
+                _checked_text(text, row, name, text_field)
                 row += 1
                 if text:
                     yield iter((text,))
@@ -298,6 +293,14 @@ def _rows(open_stream, text_field: str, name: str, path: Path | None = None) -> 
     except Exception as e:  # datasets wraps reader errors; report the root cause in one line
         cause = (_decompression_problem(path) if path else None) or _root_cause(e)
         raise DataError(f"cannot load dataset {name!r} (at row {row}): {cause}; replace or remove the file") from None
+
+
+def _checked_text(text, row: int, name: str, text_field: str) -> str | None:
+    """A row's text as read (None or "" for a row without any), refused in one line when it is not text."""
+    if text is not None and not isinstance(text, str):
+        raise DataError(f"dataset {name!r} row {row}: {text_field!r} holds {type(text).__name__} "
+                        f"{str(text)[:30]!r}, not text; fix the row or set data.text_field")
+    return text
 
 
 def _root_cause(e: BaseException) -> str:
